@@ -1,0 +1,3 @@
+from sjalign.cli.app import main
+
+main()

@@ -1,0 +1,202 @@
+"""Linear alignment maps between standardised latents (SPEC §3; Social-JEPA Eq. 3-4).
+
+Convention: z_b ≈ W z_a with W (d_b, d_a), like ``nn.Linear.weight``; z are latents
+standardised with train-split statistics.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+
+from sjalign.align.moments import Moments, Standardised, accumulate
+from sjalign.errors import ShapeError, SjalignError
+
+METHODS = ("ridge", "lstsq", "procrustes")
+DEFAULT_LAMBDA = 1e-3
+LAMBDA_GRID = tuple(10.0**e for e in range(-6, 3))
+
+
+class IllConditionedWarning(UserWarning):
+    """C_aa is singular or nearly so; the pseudoinverse was used."""
+
+
+@dataclass
+class AlignmentMap:
+    """A fitted map with the train statistics needed to apply it to raw latents.
+
+    Attributes:
+        W: (d_b, d_a) float32, the map in standardised coordinates.
+        a_mean, a_std: (d_a,) train statistics of the source side.
+        b_mean, b_std: (d_b,) train statistics of the target side.
+        train_state_ids: (n_train,) int64.
+        method: ridge | lstsq | procrustes.
+        lam: ridge λ (0 for lstsq and procrustes).
+        info: extra facts (kappa_caa, constant features, ...).
+    """
+
+    W: np.ndarray
+    a_mean: np.ndarray
+    a_std: np.ndarray
+    b_mean: np.ndarray
+    b_std: np.ndarray
+    train_state_ids: np.ndarray
+    method: str
+    lam: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def d_a(self) -> int:
+        return int(self.W.shape[1])
+
+    @property
+    def d_b(self) -> int:
+        return int(self.W.shape[0])
+
+    def standardise_a(self, x: np.ndarray) -> np.ndarray:
+        """(n, d_a) raw source latents -> (n, d_a) standardised with train statistics."""
+        return (x - self.a_mean) / self.a_std
+
+    def standardise_b(self, y: np.ndarray) -> np.ndarray:
+        """(n, d_b) raw target latents -> (n, d_b) standardised with train statistics."""
+        return (y - self.b_mean) / self.b_std
+
+    def predict_standardised(self, x: np.ndarray) -> np.ndarray:
+        """P = Ẑa Wᵀ: (n, d_a) raw source latents -> (n, d_b) mapped, in standardised b units."""
+        return self.standardise_a(x) @ self.W.T
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """b̂ = ((a − a_mean) / a_std) Wᵀ · b_std + b_mean: (n, d_a) raw -> (n, d_b) raw target units.
+
+        Raises:
+            ShapeError: x is not (n, d_a).
+        """
+        if x.ndim != 2 or x.shape[1] != self.d_a:
+            raise ShapeError(f"map expects latents of dimension {self.d_a}, got shape {x.shape}")
+        return (self.predict_standardised(x) * self.b_std + self.b_mean).astype(np.float32)
+
+
+def solve_ridge(c_aa: np.ndarray, c_ab: np.ndarray, lam: float) -> np.ndarray:
+    """Wᵀ = (C_aa + λI)⁻¹ C_ab; returns W (d_b, d_a). Needs λ > 0 or a non-singular C_aa."""
+    a = c_aa + lam * np.eye(len(c_aa))
+    try:
+        wt = scipy.linalg.solve(a, c_ab, assume_a="pos")
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+        wt = scipy.linalg.lstsq(a, c_ab)[0]
+    return wt.T
+
+
+def solve_lstsq(c_aa: np.ndarray, c_ab: np.ndarray) -> tuple[np.ndarray, float]:
+    """Minimum-norm least squares Wᵀ = C_aa⁺ C_ab (Moore–Penrose); returns (W, κ(C_aa))."""
+    eig = np.linalg.eigvalsh(c_aa)
+    top = max(float(eig[-1]), 0.0)
+    bottom = max(float(eig[0]), 0.0)
+    kappa = float("inf") if bottom <= 1e-12 * max(top, 1e-300) else top / bottom
+    w = (np.linalg.pinv(c_aa, rcond=1e-10, hermitian=True) @ c_ab).T
+    return w, kappa
+
+
+def solve_procrustes(c_ab: np.ndarray) -> np.ndarray:
+    """W = U Vᵀ with U Σ Vᵀ = SVD(ẐbᵀẐa) (orthogonal if d_a = d_b, else semi-orthogonal)."""
+    u, _, vt = np.linalg.svd(c_ab.T, full_matrices=False)  # (d_b, d_a) = ẐbᵀẐa / n
+    return u @ vt
+
+
+def map_from_moments(std: Standardised, train_state_ids: np.ndarray, *, method: str = "ridge",
+                     lam: float = DEFAULT_LAMBDA) -> AlignmentMap:
+    """Fit W from standardised moments.
+
+    Raises:
+        SjalignError: unknown method or negative λ.
+
+    Warns:
+        IllConditionedWarning: lstsq on a singular / ill-conditioned C_aa (names κ(C_aa)).
+    """
+    if method not in METHODS:
+        raise SjalignError(f"unknown map method '{method}' (use {', '.join(METHODS)})")
+    if lam < 0:
+        raise SjalignError(f"--lambda must be >= 0, got {lam}")
+    info: dict = {}
+    if method == "ridge":
+        w = solve_ridge(std.c_aa, std.c_ab, lam)
+    elif method == "lstsq":
+        w, kappa = solve_lstsq(std.c_aa, std.c_ab)
+        info["kappa_caa"] = kappa
+        lam = 0.0
+        if not np.isfinite(kappa) or kappa > 1e8:
+            warnings.warn(f"C_aa is singular or ill-conditioned (κ(C_aa) = {kappa:.3g}, "
+                          f"n_train = {std.n}, d_a = {len(std.c_aa)}); using the minimum-norm "
+                          "pseudoinverse solution", IllConditionedWarning, stacklevel=2)
+    else:
+        w = solve_procrustes(std.c_ab)
+        lam = 0.0
+    info["constant_a"] = std.constant_a.tolist()
+    info["constant_b"] = std.constant_b.tolist()
+    return AlignmentMap(w.astype(np.float32), std.a_mean.astype(np.float32), std.a_std.astype(np.float32),
+                        std.b_mean.astype(np.float32), std.b_std.astype(np.float32),
+                        np.asarray(train_state_ids, dtype=np.int64), method, float(lam), info)
+
+
+def choose_lambda(x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0,
+                  grid: tuple[float, ...] = LAMBDA_GRID) -> tuple[float, dict[float, float]]:
+    """Pick ridge λ by k-fold cross-validation of held-out MSE on the train split.
+
+    Each fold standardises with its own training part. Returns (best λ, {λ: mean MSE}).
+    """
+    n = len(x)
+    if n < 2 * folds:
+        raise SjalignError(f"--lambda auto needs at least {2 * folds} training pairs, got {n}")
+    fold_of = np.random.default_rng(seed).permutation(n) % folds
+    scores = {lam: 0.0 for lam in grid}
+    for f in range(folds):
+        tr, te = fold_of != f, fold_of == f
+        std = accumulate(x[tr], y[tr]).standardised()
+        za = (x[te] - std.a_mean) / std.a_std
+        zb = (y[te] - std.b_mean) / std.b_std
+        for lam in grid:
+            w = solve_ridge(std.c_aa, std.c_ab, lam)
+            scores[lam] += float(np.mean((zb - za @ w.T) ** 2)) / folds
+    best = min(scores, key=lambda k: (scores[k], -k))
+    return best, scores
+
+
+def fit_map(x: np.ndarray, y: np.ndarray, train_state_ids: np.ndarray, *, method: str = "ridge",
+            lam: float | str = DEFAULT_LAMBDA, chunk: int = 65536, seed: int = 0) -> AlignmentMap:
+    """Fit an alignment map from paired train latents x (n, d_a) -> y (n, d_b).
+
+    Args:
+        lam: ridge λ ≥ 0, or ``"auto"`` for k-fold CV (ridge only).
+
+    Raises:
+        ShapeError: x and y have different numbers of rows.
+        SjalignError: bad method or λ.
+    """
+    if len(x) != len(y):
+        raise ShapeError(f"x has {len(x)} rows and y has {len(y)}")
+    info = {}
+    if lam == "auto":
+        if method != "ridge":
+            raise SjalignError("--lambda auto applies to --method ridge only")
+        lam, scores = choose_lambda(x, y, seed=seed)
+        info["lambda_cv_mse"] = {f"{k:g}": v for k, v in scores.items()}
+    amap = map_from_moments(accumulate(x, y, chunk=chunk).standardised(), train_state_ids, method=method,
+                            lam=float(lam))
+    amap.info.update(info)
+    return amap
+
+
+def shuffled_map(x: np.ndarray, y: np.ndarray, train_state_ids: np.ndarray, *, method: str, lam: float,
+                 seed: int) -> AlignmentMap:
+    """The null control: the same fit on training pairs whose target rows are permuted."""
+    perm = np.random.default_rng(seed).permutation(len(y))
+    return fit_map(x, y[perm], train_state_ids, method=method, lam=lam)
+
+
+def pseudo_inverse(amap: AlignmentMap) -> AlignmentMap:
+    """The reverse map b -> a with M = W⁺ (Moore–Penrose), same train statistics swapped."""
+    m = np.linalg.pinv(amap.W.astype(np.float64)).astype(np.float32)
+    return AlignmentMap(m, amap.b_mean, amap.b_std, amap.a_mean, amap.a_std, amap.train_state_ids,
+                        f"pinv({amap.method})", amap.lam, dict(amap.info))

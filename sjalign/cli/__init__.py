@@ -1,0 +1,1 @@
+"""The command line: thin wiring over the library."""

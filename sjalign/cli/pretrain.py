@@ -1,0 +1,2 @@
+def pretrain_command():
+    """placeholder"""

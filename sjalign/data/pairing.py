@@ -1,0 +1,87 @@
+"""Pair rows of two latents files by state id, and split pairs into train/test by state id."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from sjalign.errors import SjalignError
+from sjalign.io import Latents
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Rows of two latents files joined on state id (sorted by id).
+
+    Attributes:
+        x: (n, d_a) float32 source latents.
+        y: (n, d_b) float32 target latents.
+        state_ids: (n,) int64.
+        labels: (n,) int64 or None (from either file; they must agree).
+        split: (n,) uint8 or None, present when both files carry one.
+        dropped_a, dropped_b: how many ids of each file had no partner.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    state_ids: np.ndarray
+    labels: np.ndarray | None
+    split: np.ndarray | None
+    dropped_a: int
+    dropped_b: int
+
+    def subset(self, mask: np.ndarray) -> "Pairs":
+        pick = lambda arr: None if arr is None else arr[mask]  # noqa: E731
+        return Pairs(self.x[mask], self.y[mask], self.state_ids[mask], pick(self.labels), pick(self.split),
+                     self.dropped_a, self.dropped_b)
+
+
+def pair_by_state_id(a: Latents, b: Latents) -> Pairs:
+    """Join two latents sets on state id; row order in the files does not matter.
+
+    Raises:
+        SjalignError: no shared ids, or shared ids whose labels or splits disagree.
+    """
+    shared, ia, ib = np.intersect1d(a.state_ids, b.state_ids, assume_unique=True, return_indices=True)
+    if len(shared) == 0:
+        raise SjalignError(f"{a.name} and {b.name}: no shared state ids, nothing to pair")
+    labels = None
+    if a.labels is not None and b.labels is not None and not np.array_equal(a.labels[ia], b.labels[ib]):
+        raise SjalignError(f"{a.name} and {b.name}: labels disagree on shared state ids")
+    if a.labels is not None:
+        labels = a.labels[ia]
+    elif b.labels is not None:
+        labels = b.labels[ib]
+    split = None
+    if a.split is not None and b.split is not None:
+        if not np.array_equal(a.split[ia], b.split[ib]):
+            raise SjalignError(f"{a.name} and {b.name}: train/test splits disagree on shared state ids")
+        split = a.split[ia]
+    return Pairs(a.latents[ia], b.latents[ib], shared, labels, split,
+                 dropped_a=len(a.state_ids) - len(shared), dropped_b=len(b.state_ids) - len(shared))
+
+
+def random_split(state_ids: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Seeded train/test split by state id.
+
+    Each id gets a key from a hash of (seed, id); the round(test_fraction * n) ids with
+    the smallest keys are test. A state's key does not depend on which other states are
+    present, so subsets of the same data split consistently.
+
+    Returns:
+        (n,) uint8, 1 = test.
+
+    Raises:
+        SjalignError: the fraction leaves an empty train or test side.
+    """
+    n = len(state_ids)
+    n_test = int(round(test_fraction * n))
+    if not 0.0 < test_fraction < 1.0 or n_test < 1 or n_test >= n:
+        raise SjalignError(f"--test-fraction {test_fraction} leaves no train or no test pairs out of {n}")
+    keys = np.array([zlib.crc32(np.array([seed, s], dtype=np.int64).tobytes()) for s in state_ids], dtype=np.uint64)
+    order = np.lexsort((state_ids, keys))
+    split = np.zeros(n, dtype=np.uint8)
+    split[order[:n_test]] = 1
+    return split

@@ -1,0 +1,201 @@
+"""safetensors files: latents, maps, probes; validation, atomic writes, provenance (SPEC §2).
+
+Never unpickles: every file sjalign reads or writes is safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from sjalign import __version__
+from sjalign.errors import FileFormatError, ShapeError, SjalignError
+
+LATENTS_FORMAT = "latents/1"
+MAP_FORMAT = "map/1"
+PROBE_FORMAT = "probe/1"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def provenance(command: str, config: Mapping | None = None, inputs: Mapping[str, str | os.PathLike] | None = None) -> dict[str, str]:
+    """Metadata entries that say how a file was made: command line, version, config, inputs' SHA-256."""
+    meta = {
+        "sjalign.command": command,
+        "sjalign.argv": json.dumps(sys.argv),
+        "version": __version__,
+        "config": json.dumps(dict(config or {}), sort_keys=True, default=str),
+    }
+    if inputs:
+        meta["inputs"] = json.dumps({role: {"path": str(p), "sha256": sha256_file(p)} for role, p in inputs.items()})
+    return meta
+
+
+def check_output(path: str | os.PathLike, force: bool) -> Path:
+    """Refuse to overwrite an existing output unless ``force``; check its folder exists.
+
+    Raises:
+        SjalignError: the file exists (and not ``force``) or its folder is missing.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise SjalignError(f"{path}: output already exists (use --force to overwrite)")
+    if not path.parent.exists():
+        raise SjalignError(f"{path}: output folder {path.parent} does not exist")
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path`` then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str],
+                      *, force: bool = False) -> Path:
+    """Atomically write numpy arrays as a safetensors file with str -> str metadata."""
+    from safetensors.numpy import save
+
+    path = check_output(path, force)
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    atomic_write_bytes(path, save(arrays, metadata={k: str(v) for k, v in metadata.items()}))
+    return path
+
+
+def read_safetensors(path: str | os.PathLike, expected_format: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a safetensors file into numpy arrays and its metadata.
+
+    Raises:
+        FileFormatError: missing file, not safetensors, or ``sjalign.format`` differs from
+            ``expected_format``.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for a corrupt header
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FileFormatError(f"{path}: not a valid safetensors file ({reason})") from None
+    if expected_format is not None:
+        tag = metadata.get("sjalign.format")
+        if tag != expected_format:
+            got = f"'{tag}'" if tag else "no sjalign.format tag"
+            raise FileFormatError(f"{path}: expected an sjalign {expected_format} file, found {got}")
+    return tensors, metadata
+
+
+@dataclass
+class Latents:
+    """One latents file: rows are states, paired across files by state id.
+
+    Attributes:
+        latents: (n, d) float32.
+        state_ids: (n,) int64, unique.
+        labels: (n,) int64 or None.
+        split: (n,) uint8 (0 = train, 1 = test) or None.
+        metadata: str -> str (encoder, dataset, view, layer, pooling, config, ...).
+        path: where it was read from, if anywhere.
+    """
+
+    latents: np.ndarray
+    state_ids: np.ndarray
+    labels: np.ndarray | None = None
+    split: np.ndarray | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.latents.shape[1])
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path else "<latents>"
+
+
+def validate_latents(lat: Latents) -> Latents:
+    """Check shapes, dtypes, finiteness and unique state ids.
+
+    Raises:
+        ShapeError / SjalignError naming the file and the problem.
+    """
+    name = lat.name
+    if lat.latents.ndim != 2 or lat.latents.shape[0] == 0 or lat.latents.shape[1] == 0:
+        raise ShapeError(f"{name}: 'latents' must be a non-empty (n, d) array, got shape {lat.latents.shape}")
+    n = lat.latents.shape[0]
+    for key in ("state_ids", "labels", "split"):
+        arr = getattr(lat, key)
+        if arr is not None and arr.shape != (n,):
+            raise ShapeError(f"{name}: '{key}' has shape {arr.shape}, expected ({n},) to match 'latents'")
+    if not np.isfinite(lat.latents).all():
+        bad = int((~np.isfinite(lat.latents)).any(axis=1).sum())
+        raise SjalignError(f"{name}: latents contain NaN or Inf in {bad} of {n} rows")
+    if len(np.unique(lat.state_ids)) != n:
+        raise SjalignError(f"{name}: state ids are not unique")
+    if lat.split is not None and not np.isin(lat.split, (0, 1)).all():
+        raise SjalignError(f"{name}: 'split' must hold only 0 (train) and 1 (test)")
+    return lat
+
+
+def load_latents(path: str | os.PathLike) -> Latents:
+    """Read and validate a latents file (SPEC §2, ``sjalign.format = latents/1``)."""
+    tensors, meta = read_safetensors(path, LATENTS_FORMAT)
+    for key in ("latents", "state_ids"):
+        if key not in tensors:
+            raise FileFormatError(f"{path}: missing tensor '{key}'")
+    lat = Latents(
+        latents=tensors["latents"].astype(np.float32, copy=False),
+        state_ids=tensors["state_ids"].astype(np.int64, copy=False),
+        labels=tensors["labels"].astype(np.int64) if "labels" in tensors else None,
+        split=tensors["split"].astype(np.uint8) if "split" in tensors else None,
+        metadata=meta,
+        path=Path(path),
+    )
+    return validate_latents(lat)
+
+
+def save_latents(path: str | os.PathLike, lat: Latents, metadata: Mapping[str, str], *, force: bool = False) -> Path:
+    """Validate and atomically write a latents file; ``metadata`` adds to ``lat.metadata``."""
+    validate_latents(lat)
+    tensors = {"latents": lat.latents.astype(np.float32), "state_ids": lat.state_ids.astype(np.int64)}
+    if lat.labels is not None:
+        tensors["labels"] = lat.labels.astype(np.int64)
+    if lat.split is not None:
+        tensors["split"] = lat.split.astype(np.uint8)
+    meta = {**lat.metadata, **metadata, "sjalign.format": LATENTS_FORMAT}
+    return write_safetensors(path, tensors, meta, force=force)
+
+
+def load_json_meta(meta: Mapping[str, str], key: str, path: str | os.PathLike) -> object:
+    """Decode one JSON-encoded metadata entry, or raise FileFormatError naming the file."""
+    try:
+        return json.loads(meta[key])
+    except (KeyError, json.JSONDecodeError):
+        raise FileFormatError(f"{path}: metadata '{key}' is missing or not JSON") from None

@@ -1,0 +1,54 @@
+"""Held-out metrics of an alignment map, one family per module (SPEC §4)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sjalign.metrics.cka import linear_cka
+from sjalign.metrics.diagnostics import effective_rank, kappa, orth_dev, procrustes_error
+from sjalign.metrics.distances import DEFAULT_DSC_POINTS, dsc
+from sjalign.metrics.neighbours import DEFAULT_KS, knn_indices, nos_at_k, resolve_device, retrieval_at_1
+from sjalign.metrics.regression import mse, r2
+
+# Which way is better, printed beside every table.
+HIGHER_IS_BETTER = {"r2": True, "cka": True, "cka_raw": True, "dsc": True, "retrieval@1": True,
+                    "mse": False, "procrustes_error": False, "kappa": False, "orth_dev": False}
+
+
+def score_map(w: np.ndarray, za: np.ndarray, zb: np.ndarray, *, ks=DEFAULT_KS, q: np.ndarray | None = None,
+              dsc_points: int = DEFAULT_DSC_POINTS, seed: int = 0, device="auto") -> dict[str, float]:
+    """Every single-map metric of SPEC §4 on standardised held-out pairs.
+
+    Args:
+        w: (d_b, d_a) map in standardised coordinates.
+        za: (n, d_a) test source latents standardised with train statistics.
+        zb: (n, d_b) test target latents standardised with train statistics.
+        ks: neighbourhood sizes for NOS@k (each < n).
+        q: (d_b, d_a) orthogonal Procrustes map fitted on train, for ``procrustes_error``.
+
+    Returns:
+        {"mse", "r2", "cka", "cka_raw", "dsc", "nos@K"..., "retrieval@1", "procrustes_error",
+        "kappa", "orth_dev"}.
+    """
+    p = za @ w.T  # (n, d_b)
+    out = {
+        "mse": mse(zb, p),
+        "r2": r2(zb, p),
+        "cka": linear_cka(p, zb),
+        "cka_raw": linear_cka(za, zb),
+        "dsc": dsc(zb, p, max_points=dsc_points, seed=seed),
+    }
+    out.update({f"nos@{k}": v for k, v in nos_at_k(zb, p, ks, device=device).items()})
+    out["retrieval@1"] = retrieval_at_1(zb, p, device=device)
+    if q is not None:
+        out["procrustes_error"] = procrustes_error(zb, za, q)
+    out["kappa"] = kappa(w)
+    out["orth_dev"] = orth_dev(w)
+    return out
+
+
+__all__ = [
+    "DEFAULT_DSC_POINTS", "DEFAULT_KS", "HIGHER_IS_BETTER", "dsc", "effective_rank", "kappa", "knn_indices",
+    "linear_cka", "mse", "nos_at_k", "orth_dev", "procrustes_error", "r2", "resolve_device",
+    "retrieval_at_1", "score_map",
+]

@@ -1,0 +1,162 @@
+"""The evaluation protocol (Social-JEPA Algorithm 1): pair, split, fit on train, score on test, controls.
+
+Pure functions over arrays; the CLI only reads files and prints what these return.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from sjalign.align import AlignmentMap, accumulate, fit_map, shuffled_map
+from sjalign.align.maps import solve_procrustes
+from sjalign.data.pairing import Pairs, random_split
+from sjalign.errors import SjalignError
+from sjalign.metrics import DEFAULT_KS, effective_rank, r2, score_map
+
+LOW_RANK_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train/test masks over paired rows and how they were drawn."""
+
+    train: np.ndarray
+    test: np.ndarray
+    how: str
+
+
+def choose_split(pairs: Pairs, *, test_fraction: float = 0.2, seed: int = 0,
+                 train_state_ids: np.ndarray | None = None) -> Split:
+    """Train/test by state id: a map's recorded train ids, else the files' split, else a seeded draw.
+
+    Raises:
+        SjalignError: an empty side, or a map whose train ids are missing from the latents.
+    """
+    if train_state_ids is not None:
+        train = np.isin(pairs.state_ids, train_state_ids)
+        missing = len(train_state_ids) - int(train.sum())
+        if missing:
+            raise SjalignError(f"{missing} of the map's {len(train_state_ids)} train state ids are missing "
+                               "from the paired latents; the map was fitted on other data")
+        how = "the map's train state ids; test = the other shared ids"
+    elif pairs.split is not None:
+        train = pairs.split == 0
+        how = "the files' split tensor"
+    else:
+        train = random_split(pairs.state_ids, test_fraction, seed) == 0
+        how = f"seeded by state id (seed {seed}, test fraction {test_fraction})"
+    if train.all() or not train.any():
+        raise SjalignError(f"the split ({how}) leaves no {'test' if train.all() else 'train'} pairs")
+    return Split(train, ~train, how)
+
+
+def fit_on_split(pairs: Pairs, split: Split, *, method: str = "ridge", lam: float | str = 1e-3,
+                 seed: int = 0) -> AlignmentMap:
+    """Fit a map on the train pairs of ``split``; warnings (κ, constant features) go through ``warnings``."""
+    tr = split.train
+    return fit_map(pairs.x[tr], pairs.y[tr], pairs.state_ids[tr], method=method, lam=lam, seed=seed)
+
+
+def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT_KS, permutations: int = 99,
+                   seed: int = 0, device="auto", dsc_points: int = 2000) -> dict:
+    """Score ``amap`` on the test pairs beside the shuffled-pair null (SPEC §4).
+
+    Args:
+        pairs: paired raw latents.
+        split: train/test masks; train statistics come from ``amap``.
+        amap: the map to judge (fitted on ``split.train``).
+        permutations: number of shuffled-pair refits for the R² permutation p-value.
+
+    Returns:
+        A dict in the JSON shape of SPEC §1: metrics, null, n_train, n_test, r2_p_value,
+        eff_rank_a, eff_rank_b, warnings.
+
+    Raises:
+        SjalignError: map dimensions that do not fit the latents, or a k ≥ n_test.
+    """
+    if amap.d_a != pairs.x.shape[1] or amap.d_b != pairs.y.shape[1]:
+        raise SjalignError(f"the map is {amap.d_a} -> {amap.d_b} but the latents are "
+                           f"{pairs.x.shape[1]} -> {pairs.y.shape[1]}")
+    x_tr, y_tr = pairs.x[split.train], pairs.y[split.train]
+    x_te, y_te = pairs.x[split.test], pairs.y[split.test]
+    n_test = len(x_te)
+    bad_k = [k for k in ks if not 1 <= k < n_test]
+    if bad_k:
+        raise SjalignError(f"--k {','.join(map(str, bad_k))}: each k must be between 1 and n_test - 1 = {n_test - 1}")
+    notes: list[str] = []
+    std = accumulate(x_tr, y_tr).standardised()
+    q = solve_procrustes(std.c_ab)
+    za, zb = amap.standardise_a(x_te), amap.standardise_b(y_te)
+    kw = dict(ks=ks, q=q, dsc_points=dsc_points, seed=seed, device=device)
+    metrics = score_map(amap.W, za, zb, **kw)
+
+    lam = amap.lam if amap.method == "ridge" else 0.0
+    method = amap.method if amap.method in ("ridge", "lstsq", "procrustes") else "ridge"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        null_map = shuffled_map(x_tr, y_tr, amap.train_state_ids, method=method, lam=lam, seed=seed + 1)
+    null = score_map(null_map.W, null_map.standardise_a(x_te), null_map.standardise_b(y_te), **kw)
+    null_r2 = null_r2_distribution(x_tr, y_tr, x_te, y_te, method=method, lam=lam, permutations=permutations,
+                                   seed=seed + 1)
+    p_value = (1 + sum(v >= metrics["r2"] for v in null_r2)) / (1 + len(null_r2))
+
+    zb_tr = (y_tr - std.b_mean) / std.b_std
+    eff_a = effective_rank(std.c_aa)
+    eff_b = effective_rank(zb_tr.T @ zb_tr / len(zb_tr))
+    for side, eff, d in (("a", eff_a, amap.d_a), ("b", eff_b, amap.d_b)):
+        if eff < LOW_RANK_FRACTION * d:
+            notes.append(f"latents {side} are nearly rank-deficient (effective rank {eff:.1f} of {d}): R² and CKA "
+                         "are inflated by a few global factors and κ means little; judge by retrieval@1 and NOS@k "
+                         "against the null")
+    for side, idx in (("a", std.constant_a), ("b", std.constant_b)):
+        if len(idx):
+            notes.append(f"latents {side}: {len(idx)} constant feature(s) on the train split (std 0), left at 0")
+    metrics.update(eff_rank_a=eff_a, eff_rank_b=eff_b)
+    null.update(eff_rank_a=eff_a, eff_rank_b=eff_b)
+    return {
+        "metrics": metrics,
+        "null": null,
+        "r2_p_value": p_value,
+        "permutations": len(null_r2),
+        "n_train": int(split.train.sum()),
+        "n_test": n_test,
+        "split": split.how,
+        "warnings": notes,
+    }
+
+
+def null_r2_distribution(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, *, method: str,
+                         lam: float, permutations: int, seed: int) -> list[float]:
+    """Held-out R² of maps refitted on shuffled training pairs, one per permutation.
+
+    Permuting target rows leaves the train statistics and C_aa unchanged, so for ridge and
+    lstsq the test projection G = Ẑa_test (C_aa + λI)⁻¹ is computed once and each shuffle
+    costs one product: P = G · Ẑa_trainᵀ Ẑb_train[perm] / n. Permutation ``i`` uses the
+    generator seeded ``seed + i``, the same draw as :func:`sjalign.align.shuffled_map`.
+    """
+    std = accumulate(x_tr, y_tr).standardised()
+    za_tr, zb_tr = (x_tr - std.a_mean) / std.a_std, (y_tr - std.b_mean) / std.b_std
+    za_te, zb_te = (x_te - std.a_mean) / std.a_std, (y_te - std.b_mean) / std.b_std
+    n = len(za_tr)
+    if method != "procrustes":
+        a = std.c_aa + lam * np.eye(len(std.c_aa))
+        try:
+            if lam <= 0:
+                raise np.linalg.LinAlgError
+            g = scipy.linalg.solve(a, za_te.T, assume_a="pos").T
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+            g = za_te @ np.linalg.pinv(a, rcond=1e-10, hermitian=True)
+    out = []
+    for i in range(permutations):
+        perm = np.random.default_rng(seed + i).permutation(n)
+        c_ab = za_tr.T @ zb_tr[perm] / n  # (d_a, d_b)
+        if method == "procrustes":
+            pred = za_te @ solve_procrustes(c_ab).T
+        else:
+            pred = g @ c_ab
+        out.append(r2(zb_te, pred))
+    return out
