@@ -8,6 +8,8 @@ import numpy as np
 
 from sjalign.errors import ShapeError, SjalignError
 
+CONSTANT_REL_VAR = 1e-10
+
 
 @dataclass
 class Moments:
@@ -55,7 +57,7 @@ class Moments:
     def standardised(self) -> "Standardised":
         """Means, stds (population, ddof 0) and the standardised moments C_aa, C_ab.
 
-        A constant feature (std 0) gets std 1, so it stays 0 after centring; its
+        A constant feature (variance ≤ 1e-10·mean², or exactly 0) gets std 1, so it stays 0 after centring; its
         index is listed in ``constant_a`` / ``constant_b``.
 
         Raises:
@@ -69,10 +71,15 @@ class Moments:
         cov_xy = self.sum_xy / n - np.outer(mx, my)
         var_x = np.clip(np.diag(cov_xx), 0.0, None)
         var_y = np.clip(self.sum_yy_diag / n - my**2, 0.0, None)
-        sx, sy = np.sqrt(var_x), np.sqrt(var_y)
-        const_x = sx <= 1e-12 * max(1.0, float(np.abs(mx).max(initial=0)))
-        const_y = sy <= 1e-12 * max(1.0, float(np.abs(my).max(initial=0)))
-        sx, sy = np.where(const_x, 1.0, sx), np.where(const_y, 1.0, sy)
+        # E[x²] − E[x]² of a constant feature cancels to rounding error, not 0: a std below
+        # 1e-5·|mean| is under float32 resolution of the latents themselves, so call it constant.
+        const_x = var_x <= CONSTANT_REL_VAR * mx**2
+        const_y = var_y <= CONSTANT_REL_VAR * my**2
+        cov_xx[const_x, :] = cov_xx[:, const_x] = 0.0
+        cov_xy[const_x, :] = 0.0
+        cov_xy[:, const_y] = 0.0
+        sx = np.where(const_x, 1.0, np.sqrt(var_x))
+        sy = np.where(const_y, 1.0, np.sqrt(var_y))
         c_aa = cov_xx / np.outer(sx, sx)
         c_ab = cov_xy / np.outer(sx, sy)
         return Standardised(n, mx, sx, my, sy, c_aa, c_ab, np.flatnonzero(const_x), np.flatnonzero(const_y))

@@ -67,8 +67,8 @@ def random_split(state_ids: np.ndarray, test_fraction: float, seed: int) -> np.n
     """Seeded train/test split by state id.
 
     Each id gets a key from a hash of (seed, id); the round(test_fraction * n) ids with
-    the smallest keys are test. A state's key does not depend on which other states are
-    present, so subsets of the same data split consistently.
+    the smallest keys are test. The assignment does not depend on row order, and a
+    state's key does not depend on which other states are present.
 
     Returns:
         (n,) uint8, 1 = test.
