@@ -98,7 +98,7 @@ def print_summary(s: dict) -> None:
     for name, label in (("jepa", "I-JEPA A → B"), ("null", "shuffled-pair null"), ("pixels", "raw pixels"),
                         ("random_init", "random-init ViTs")):
         table.add_row(label, *(f"{s[name][k]:.3f}" if s[name].get(k) is not None else "—" for k in SUMMARY_KEYS))
-    console = Console(stderr=False)
+    console = Console(stderr=False, emoji=False)
     console.print(table)
     p = s["probe"]
     console.print(f"probe trained on A, moved to B with 0 gradient steps: {p['transferred_acc']:.3f} "

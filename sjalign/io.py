@@ -61,12 +61,14 @@ def check_output(path: str | os.PathLike, force: bool) -> Path:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path`` then rename it into place."""
+    """Write ``data`` to a temp file beside ``path``, fsync, then ``os.replace`` it into place."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -84,8 +86,9 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     return path
 
 
-def read_safetensors(path: str | os.PathLike, expected_format: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read a safetensors file into numpy arrays and its metadata.
+def read_safetensors(path: str | os.PathLike, expected_format: str | None = None, *,
+                     framework: str = "numpy") -> tuple[dict, dict[str, str]]:
+    """Read a safetensors file into arrays (numpy, or torch with ``framework="pt"``) and its metadata.
 
     Raises:
         FileFormatError: missing file, not safetensors, or ``sjalign.format`` differs from
@@ -97,7 +100,7 @@ def read_safetensors(path: str | os.PathLike, expected_format: str | None = None
     if not path.is_file():
         raise FileFormatError(f"{path}: no such file")
     try:
-        with safe_open(str(path), framework="numpy") as f:
+        with safe_open(str(path), framework=framework) as f:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises several types for a corrupt header

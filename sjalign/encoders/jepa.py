@@ -15,7 +15,8 @@ from sjalign.metrics.neighbours import resolve_device
 class JepaEncoder:
     """The (EMA target) ViT encoder of a ``sjalign pretrain`` run, pooled over patch tokens.
 
-    ``embed_batch``: (B, C, H, W) -> (B, D), mean of the final (or ``--layer N``) tokens.
+    ``embed_batch``: (B, C, H, W) -> (B, D), mean of the final-normed tokens, or of the raw
+    hidden state after block N (1..depth) with ``--layer N``.
     """
 
     spec = "jepa"
@@ -36,8 +37,9 @@ class JepaEncoder:
             raise SjalignError(f"jepa:{arg}: pooling '{options.pooling}' is not available (this ViT has no CLS "
                                "token); use --pooling mean")
         model, config = load_encoder(arg)
-        if options.layer is not None and not 0 <= options.layer < model.depth:
-            raise SjalignError(f"jepa:{arg}: --layer {options.layer} out of range (the model has {model.depth} blocks)")
+        depth = len(model.blocks)
+        if options.layer is not None and not 1 <= options.layer <= depth:
+            raise SjalignError(f"jepa:{arg}: --layer {options.layer} out of range (blocks 1..{depth})")
         return cls(model, config, options, arg)
 
     @torch.no_grad()

@@ -1,0 +1,212 @@
+"""Run directories: safetensors checkpoints, resume state, resolved config and log.
+
+A run directory holds::
+
+    checkpoint.safetensors   weights: encoder.*, target_encoder.*, predictor.*
+                             metadata: sjalign.format = "checkpoint/1", config (JSON of the
+                             full PretrainConfig), objective, epoch, version
+    train_state.safetensors  resume state: optimizer tensors optimizer.<param>.<key>, RNG
+                             states rng.* (uint8); metadata: sjalign.format = "train_state/1",
+                             param_groups, epoch, step, scheduler (JSON)
+    config.json              the resolved config, pretty JSON
+    log.jsonl                one JSON object per epoch (epoch, loss, img_per_s, seconds, lr, ...)
+
+Every file is written atomically (temp file in the same folder, then ``os.replace``) and
+read with safetensors only: loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save as st_save
+
+from sjalign import __version__
+from sjalign.errors import FileFormatError, SjalignError
+from sjalign.io import atomic_write_bytes
+from sjalign.io import read_safetensors as _read
+from sjalign.jepa.config import PretrainConfig
+from sjalign.jepa.vit import VisionTransformer
+
+CHECKPOINT_FORMAT = "checkpoint/1"
+TRAIN_STATE_FORMAT = "train_state/1"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+TRAIN_STATE_FILE = "train_state.safetensors"
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.jsonl"
+
+def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
+
+def read_safetensors(path: str | os.PathLike, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read all tensors (torch) and the metadata of a safetensors file and check its format tag.
+
+    Raises:
+        FileFormatError: missing file, not safetensors, or a ``sjalign.format`` other than
+            ``expected_format`` (the message names the file).
+    """
+    return _read(path, expected_format, framework="pt")
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """A run directory or a checkpoint file -> the checkpoint file."""
+    path = Path(path)
+    return path / CHECKPOINT_FILE if path.is_dir() else path
+
+def _config_from_metadata(path: Path, metadata: dict[str, str]) -> PretrainConfig:
+    if "config" not in metadata:
+        raise FileFormatError(f"{path}: checkpoint metadata has no 'config'")
+    try:
+        return PretrainConfig.from_json(metadata["config"])
+    except SjalignError as exc:
+        raise FileFormatError(f"{path}: {exc}") from None
+
+def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, config: PretrainConfig, *,
+                    epoch: int) -> Path:
+    """Write ``checkpoint.safetensors``: the objective's full state dict plus its config.
+
+    Args:
+        run_dir: run directory (must exist).
+        model: the objective module (submodules ``encoder``, ``target_encoder``, ``predictor``).
+        config: the run's config (JSON-encoded into the metadata).
+        epoch: epochs completed.
+
+    Returns:
+        The checkpoint's path.
+    """
+    path = Path(run_dir) / CHECKPOINT_FILE
+    metadata = {"sjalign.format": CHECKPOINT_FORMAT, "config": config.to_json(), "objective": config.objective,
+                "epoch": str(epoch), "version": __version__}
+    _save_safetensors(path, dict(model.state_dict()), metadata)
+    return path
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], PretrainConfig, dict[str, str]]:
+    """Read a checkpoint (run directory or file).
+
+    Returns:
+        (state dict, config, raw metadata).
+
+    Raises:
+        FileFormatError: missing/unreadable file, wrong format tag, or a bad config.
+    """
+    path = resolve_checkpoint_path(path)
+    tensors, metadata = read_safetensors(path, CHECKPOINT_FORMAT)
+    return tensors, _config_from_metadata(path, metadata), metadata
+
+def load_encoder(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[VisionTransformer, PretrainConfig]:
+    """Rebuild the exported encoder of a run from the checkpoint alone.
+
+    The exported encoder is the EMA **target encoder** (``target_encoder.*``), as in
+    I-JEPA's evaluations; objectives without one export ``encoder.*``.
+
+    Args:
+        path: run directory or its ``checkpoint.safetensors``.
+        device: where to put the model.
+
+    Returns:
+        (VisionTransformer in eval mode with gradients off, PretrainConfig).
+
+    Raises:
+        FileFormatError: missing/unreadable file, wrong format tag, missing or mismatched weights.
+    """
+    file = resolve_checkpoint_path(path)
+    tensors, config, _ = load_checkpoint(file)
+    prefix = "target_encoder." if any(k.startswith("target_encoder.") for k in tensors) else "encoder."
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    model = VisionTransformer(config.vit)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise FileFormatError(f"{file}: weights do not match the config's architecture ({first})") from None
+    return model.to(device).eval().requires_grad_(False), config
+
+def save_train_state(run_dir: str | os.PathLike, optimizer: torch.optim.Optimizer, *, epoch: int, step: int,
+                     scheduler: dict[str, Any], generator: torch.Generator) -> Path:
+    """Write ``train_state.safetensors`` for ``--resume``.
+
+    Optimizer per-parameter state becomes tensors ``optimizer.<i>.<key>`` (i = index in
+    the optimizer's parameter order); RNG states become uint8 tensors ``rng.torch``,
+    ``rng.generator`` (shuffling and masks), ``rng.numpy`` and ``rng.cuda.<k>``.
+
+    Returns:
+        The file's path.
+    """
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            tensors[f"optimizer.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.generator"] = generator.get_state()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.ascontiguousarray(np_keys).view(np.uint8).copy())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for k, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{k}"] = s
+    metadata = {
+        "sjalign.format": TRAIN_STATE_FORMAT, "epoch": str(epoch), "step": str(step), "version": __version__,
+        "param_groups": json.dumps(sd["param_groups"]), "scheduler": json.dumps(scheduler),
+        "rng.numpy": json.dumps({"name": np_name, "pos": int(np_pos), "has_gauss": int(np_has_gauss),
+                                 "cached_gaussian": float(np_gauss)}),
+    }
+    path = Path(run_dir) / TRAIN_STATE_FILE
+    _save_safetensors(path, tensors, metadata)
+    return path
+
+def load_train_state(run_dir: str | os.PathLike, optimizer: torch.optim.Optimizer,
+                     generator: torch.Generator) -> dict[str, Any]:
+    """Restore optimizer and RNG states in place from ``train_state.safetensors``.
+
+    Returns:
+        ``{"epoch": int, "step": int, "scheduler": dict}``.
+
+    Raises:
+        FileFormatError: missing/unreadable file or wrong format tag.
+        SjalignError: the optimizer state does not fit the model.
+    """
+    path = Path(run_dir) / TRAIN_STATE_FILE
+    tensors, metadata = read_safetensors(path, TRAIN_STATE_FORMAT)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise SjalignError(f"{path}: optimizer state does not fit this model ({exc})") from None
+    torch.set_rng_state(tensors["rng.torch"])
+    generator.set_state(tensors["rng.generator"])
+    np_meta = json.loads(metadata["rng.numpy"])
+    np_keys = tensors["rng.numpy"].numpy().view(np.uint32)
+    np.random.set_state((np_meta["name"], np_keys, np_meta["pos"], np_meta["has_gauss"], np_meta["cached_gaussian"]))
+    cuda_states = [tensors[f"rng.cuda.{k}"] for k in range(sum(n.startswith("rng.cuda.") for n in tensors))]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return {"epoch": int(metadata["epoch"]), "step": int(metadata["step"]),
+            "scheduler": json.loads(metadata["scheduler"])}
+
+def write_config_json(run_dir: str | os.PathLike, config: PretrainConfig) -> Path:
+    """Write the resolved config as pretty JSON (``config.json``)."""
+    path = Path(run_dir) / CONFIG_FILE
+    atomic_write_bytes(path, (config.to_json(indent=2) + "\n").encode())
+    return path
+
+def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Epoch records of ``log.jsonl`` (empty when the file does not exist)."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+def write_log(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> Path:
+    """Rewrite ``log.jsonl`` atomically with one JSON line per record."""
+    path = Path(run_dir) / LOG_FILE
+    atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+    return path

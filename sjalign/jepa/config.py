@@ -1,0 +1,138 @@
+"""The pretraining config: one frozen dataclass, written into every checkpoint.
+
+Lives apart from ``train.py`` so that checkpoints can be read without importing the
+trainer; ``sjalign.jepa.train.PretrainConfig`` is the same class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from sjalign.errors import SjalignError
+from sjalign.jepa.vit import PRESETS, ViTConfig
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that defines one pretraining run (``sjalign pretrain`` options).
+
+    Attributes:
+        dataset: dataset name or path (provenance; ``pretrain`` receives the images).
+        view: view spec the images were rendered with (provenance).
+        objective: training objective, a key of ``sjalign.jepa.objectives.OBJECTIVES``.
+        model: ViT preset name, a key of ``sjalign.jepa.vit.PRESETS``.
+        vit: the architecture; None means ``PRESETS[model]`` (filled in on construction,
+            so a config read back from a checkpoint always carries it).
+        epochs: passes over the data; 0 writes the randomly initialised model (a control).
+        batch_size: images per optimizer step (the last incomplete batch is dropped).
+        lr: peak learning rate after the linear warm-up.
+        min_lr: learning rate at the end of the cosine decay.
+        warmup_epochs: length of the linear warm-up from 0 to ``lr``, in epochs.
+        weight_decay: AdamW decoupled weight decay on weight matrices (not biases/norms).
+        ema: (start, end) momentum of the target-encoder EMA, linear over all steps.
+        pred_dim: predictor width (multiple of 4 and of ``vit.num_heads``).
+        pred_depth: predictor blocks.
+        max_states: cap on the number of states used (provenance; applied by the loader).
+        seed: seeds model init, shuffling and masks.
+        device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+        precision: "fp32", or "bf16" (autocast, CUDA only; ignored with a warning on CPU).
+        compile: run ``torch.compile`` on the modules.
+        grad_clip: max global gradient norm; None or 0 disables clipping.
+    """
+
+    dataset: str = "fashion-mnist"
+    view: str = "identity"
+    objective: str = "ijepa"
+    model: str = "vit_tiny"
+    vit: ViTConfig | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 3e-4
+    min_lr: float = 1e-6
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    ema: tuple[float, float] = (0.996, 1.0)
+    pred_dim: int = 64
+    pred_depth: int = 2
+    max_states: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.vit is None:
+            if self.model not in PRESETS:
+                raise SjalignError(f"unknown model preset '{self.model}' (known: {', '.join(PRESETS)})")
+            object.__setattr__(self, "vit", PRESETS[self.model])
+        object.__setattr__(self, "ema", tuple(float(m) for m in self.ema))
+        problems = []
+        if self.epochs < 0:
+            problems.append(f"epochs must be >= 0 (0 = the randomly initialised model), got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if len(self.ema) != 2 or not 0.0 <= self.ema[0] <= self.ema[1] <= 1.0:
+            problems.append(f"ema must be (start, end) with 0 <= start <= end <= 1, got {self.ema}")
+        if self.pred_dim % 4 or self.pred_dim % self.vit.num_heads:
+            problems.append(f"pred_dim {self.pred_dim} must be a multiple of 4 and of num_heads {self.vit.num_heads}")
+        if self.lr <= 0 or self.min_lr < 0 or self.warmup_epochs < 0:
+            problems.append("lr must be > 0, min_lr and warmup_epochs >= 0")
+        if problems:
+            raise SjalignError("pretrain config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (``vit`` nested, tuples as lists)."""
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        """JSON text of :meth:`to_dict`, keys sorted."""
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PretrainConfig":
+        """Rebuild a config from :meth:`to_dict` output; unknown keys are dropped with a warning.
+
+        Raises:
+            SjalignError: values that do not make a valid config.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            warnings.warn(f"pretrain config: ignoring unknown keys {unknown}", stacklevel=2)
+        kwargs = {k: v for k, v in data.items() if k in names}
+        vit = kwargs.get("vit")
+        try:
+            if isinstance(vit, dict):
+                kwargs["vit"] = ViTConfig(**vit)
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise SjalignError(f"pretrain config: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "PretrainConfig":
+        """Parse :meth:`to_json` output.
+
+        Raises:
+            SjalignError: not JSON, or not a valid config.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SjalignError(f"pretrain config: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise SjalignError("pretrain config: expected a JSON object")
+        return cls.from_dict(data)
+
+    def architecture(self) -> dict[str, Any]:
+        """The fields a checkpoint's weights depend on (compared on resume)."""
+        return {"objective": self.objective, "vit": dataclasses.asdict(self.vit),
+                "pred_dim": self.pred_dim, "pred_depth": self.pred_depth}

@@ -1,0 +1,144 @@
+"""I-JEPA: predict the target encoder's patch tokens of masked blocks from a context block.
+
+Train step (Assran et al. 2023, arXiv:2301.08243)::
+
+    s   = LN(f_target(x))[targets]            # stop-gradient, EMA weights
+    z   = f_context(x[context])
+    ŝ   = g(z, context positions, target positions)
+    L   = mean over target patches ‖ŝ − sg(s)‖²
+    θ̄  ← m θ̄ + (1 − m) θ,  m linear from ema[0] to ema[1] over training
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sjalign.jepa.masks import MaskConfig, Masks, sample_masks
+from sjalign.jepa.vit import Predictor, VisionTransformer, ViTConfig, gather_tokens
+
+
+def ijepa_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Latent prediction loss with stop-gradient on the target.
+
+    L = (1 / P) Σ_p ‖ŝ_p − sg(s_p)‖²₂ over the P = B·T target patches (squared L2 norm
+    over the D channels, averaged over patches; divide by D for a per-element MSE).
+
+    Args:
+        pred: (B, T, D) predicted target tokens ŝ.
+        target: (B, T, D) target tokens s; no gradient flows into it.
+
+    Returns:
+        () scalar float32 loss.
+
+    Raises:
+        ValueError: inputs are not 3-D or their shapes differ.
+
+    References:
+        Assran et al. 2023 (I-JEPA), arXiv:2301.08243, Eq. (1).
+    """
+    if pred.ndim != 3 or target.ndim != 3:
+        raise ValueError(f"ijepa_loss expects (B, T, D) tensors, got pred {tuple(pred.shape)} "
+                         f"and target {tuple(target.shape)}")
+    if pred.shape != target.shape:
+        raise ValueError(f"ijepa_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    diff = pred.float() - target.detach().float()  # (B, T, D)
+    return diff.pow(2).sum(-1).mean()
+
+
+def ema_momentum(step: int, total_steps: int, ema: tuple[float, float]) -> float:
+    """Momentum of optimizer step ``step`` (0-based): m = m0 + (m1 − m0) · step / total_steps."""
+    start, end = ema
+    return start + (end - start) * min(step, total_steps) / max(total_steps, 1)
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """In place, for every parameter pair: θ̄ ← m θ̄ + (1 − m) θ.
+
+    Args:
+        target: EMA copy (same architecture as ``online``).
+        online: the module trained by gradient descent.
+        momentum: m in [0, 1]; 1 freezes the target.
+    """
+    t_params = [p for p in target.parameters()]
+    o_params = [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
+
+
+class IJEPA(nn.Module):
+    """Context encoder, EMA target encoder and narrow predictor of I-JEPA.
+
+    Submodule names are the checkpoint's tensor prefixes: ``encoder.*`` (context
+    encoder), ``target_encoder.*`` (EMA, the exported encoder), ``predictor.*``.
+
+    Args:
+        vit: encoder architecture.
+        pred_dim: predictor width.
+        pred_depth: predictor blocks.
+        ema: (start, end) EMA momentum.
+        masks: multi-block mask hyper-parameters.
+    """
+
+    name = "ijepa"
+    export_prefix = "target_encoder"
+
+    def __init__(self, vit: ViTConfig, *, pred_dim: int = 64, pred_depth: int = 2,
+                 ema: tuple[float, float] = (0.996, 1.0), masks: MaskConfig = MaskConfig()) -> None:
+        super().__init__()
+        self.ema = ema
+        self.mask_config = masks
+        self.grid = (vit.grid_size, vit.grid_size)
+        self.encoder = VisionTransformer(vit)
+        self.target_encoder = copy.deepcopy(self.encoder)
+        self.target_encoder.requires_grad_(False)
+        self.predictor = Predictor(vit.embed_dim, pred_dim, pred_depth, vit.num_heads, vit.grid_size,
+                                   vit.mlp_ratio)
+
+    @classmethod
+    def from_config(cls, config) -> "IJEPA":
+        """Build from a :class:`sjalign.jepa.config.PretrainConfig`."""
+        return cls(config.vit, pred_dim=config.pred_dim, pred_depth=config.pred_depth, ema=config.ema)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters updated by the optimizer (context encoder and predictor)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def export_encoder(self) -> VisionTransformer:
+        """The encoder to embed with: the EMA target encoder (I-JEPA practice)."""
+        return self.target_encoder
+
+    def sample_masks(self, batch_size: int, generator: torch.Generator) -> Masks:
+        """Multi-block masks for one batch (drawn on the CPU)."""
+        return sample_masks(batch_size, self.grid, self.mask_config, generator=generator)
+
+    def forward(self, images: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """I-JEPA loss of one batch.
+
+        Args:
+            images: (B, C, H, W) images.
+            masks: context (B, Kc) and targets (B, M, Kt) patch indices, on the images' device.
+
+        Returns:
+            () scalar loss.
+        """
+        B, M, T = masks.targets.shape
+        targets = masks.targets.transpose(0, 1).reshape(M * B, T)  # (M*B, T), block-major
+        with torch.no_grad():
+            s = self.target_encoder.forward_features(images)  # (B, N, D)
+            s = F.layer_norm(s, s.shape[-1:])
+            s = gather_tokens(s, masks.targets.reshape(B, M * T))  # (B, M*T, D)
+            s = s.reshape(B, M, T, -1).transpose(0, 1).reshape(M * B, T, -1)  # (M*B, T, D), block-major
+        z = self.encoder(images, keep=masks.context)  # (B, Kc, D)
+        pred = self.predictor(z.repeat(M, 1, 1), masks.context.repeat(M, 1), targets)  # (M*B, T, D)
+        return ijepa_loss(pred, s)
+
+    def after_step(self, step: int, total_steps: int) -> float:
+        """EMA update after optimizer step ``step`` (0-based); returns the momentum used."""
+        m = ema_momentum(step, total_steps, self.ema)
+        ema_update(self.target_encoder, self.encoder, m)
+        return m
