@@ -10,7 +10,7 @@ trained on A is moved to B through the map with zero gradient steps.
 Every step is a real ``sjalign`` command (printed before it runs); every artifact lands
 under ``--out``::
 
-    python examples/demo.py --out runs/demo            # about 6 minutes on 2 CPU cores
+    python examples/demo.py --out runs/demo            # about 7 minutes on 2 CPU cores
     python examples/demo.py --out runs/big --max-states 70000 --epochs 20   # the full dataset
 """
 
@@ -41,7 +41,7 @@ def sh(*args: object, capture: bool = False) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (must not exist or be empty)")
-    parser.add_argument("--max-states", type=int, default=12000, help="Fashion-MNIST states used (train and test in proportion)")
+    parser.add_argument("--max-states", type=int, default=10000, help="Fashion-MNIST states used (train and test in proportion)")
     parser.add_argument("--epochs", type=int, default=4, help="pretraining epochs per encoder")
     parser.add_argument("--model", default="vit_tiny", help="ViT preset")
     parser.add_argument("--seed", type=int, default=0)
@@ -95,11 +95,12 @@ def print_summary(s: dict) -> None:
     table.add_column("")
     for key in SUMMARY_KEYS:
         table.add_column(key + (" ↓" if key.startswith(("nos", "kappa")) else " ↑"), justify="right")
-    for name, label in (("jepa", "I-JEPA A → B"), ("null", "shuffled-pair null"), ("pixels", "raw pixels"),
-                        ("random_init", "random-init ViTs")):
-        table.add_row(label, *(f"{s[name][k]:.3f}" if s[name].get(k) is not None else "—" for k in SUMMARY_KEYS))
+    for name, label in (("jepa", "I-JEPA"), ("null", "null"), ("pixels", "pixels"), ("random_init", "random ViT")):
+        table.add_row(label, *(f"{s[name][k]:.3g}" if s[name].get(k) is not None else "—" for k in SUMMARY_KEYS))
     console = Console(stderr=False, emoji=False)
     console.print(table)
+    console.print("null = the same map fitted on shuffled training pairs; pixels = raw pixels of the two views; "
+                  "random ViT = the same architecture, untrained (--epochs 0)")
     p = s["probe"]
     console.print(f"probe trained on A, moved to B with 0 gradient steps: {p['transferred_acc']:.3f} "
                   f"(on A {p['source_acc']:.3f}, trained on B {p['target_acc']:.3f}, A-probe without map "

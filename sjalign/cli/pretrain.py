@@ -17,9 +17,9 @@ def pretrain_command(
     view: Annotated[str, typer.Option("--view", help="View spec the encoder sees, e.g. crop:top, azimuth:30.")] = "identity",
     objective: Annotated[str, typer.Option("--objective", help="Training objective.")] = "ijepa",
     model: Annotated[str, typer.Option("--model", help="ViT preset: vit_tiny (28 px, patch 4) or vit_small (ViT-S/16, 224 px).")] = "vit_tiny",
-    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the data; 0 writes the randomly initialised model (a control).")] = 4,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per optimizer step.")] = 128,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, linear warm-up then cosine).")] = 1e-3,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Passes over the data; 0 writes the randomly initialised model (a control). [default: 10]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per optimizer step. [default: 128]")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW, linear warm-up then cosine). [default: 3e-4]")] = None,
     max_states: Annotated[int | None, typer.Option("--max-states", help="Use at most N states (train and test in proportion; only train ones are trained on).")] = None,
     split: Annotated[str, typer.Option("--split", help="States to train on: train (default), test or all.")] = "train",
     seed: SeedOpt = 0,
@@ -39,6 +39,7 @@ def pretrain_command(
 
       sjalign pretrain --view crop:top --epochs 8 --max-states 12000 -o runs/top --resume
     """
+    import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from sjalign.data import load_dataset, view_images
@@ -47,22 +48,26 @@ def pretrain_command(
 
     if resume and force:
         raise SjalignError("--resume and --force contradict each other (continue a run, or start it afresh)")
-    if epochs < 0:
-        raise SjalignError(f"--epochs must be >= 0, got {epochs}")
     if output.exists() and not output.is_dir():
         raise SjalignError(f"{output}: exists and is not a folder")
     if resume and not output.is_dir():
         raise SjalignError(f"{output}: no run to resume")
     if not resume and not force and output.is_dir() and any(output.iterdir()):
         raise SjalignError(f"{output}: run folder already holds files (use --resume to continue or --force to restart)")
-    config = PretrainConfig(dataset=dataset, view=view, objective=objective, model=model, epochs=epochs,
-                            batch_size=batch_size, lr=lr, max_states=max_states, seed=seed, device=device,
-                            precision=precision, compile=compile_model)
-    data = load_dataset(dataset, data_dir=data_dir, split=split, max_states=max_states)
-    images = view_images(data.images, data.state_ids, view)
+    given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
+    config = PretrainConfig(dataset=dataset, view=view, objective=objective, model=model, max_states=max_states,
+                            seed=seed, device=device, precision=precision, compile=compile_model, **given)
+    if split not in ("train", "test", "all"):
+        raise SjalignError(f"--split '{split}': use train, test or all")
+    # the same selection as `sjalign embed --max-states N`, then only its train (or test) states
+    data = load_dataset(dataset, data_dir=data_dir, split="all", max_states=max_states)
+    keep = np.ones(len(data.state_ids), bool) if split == "all" else data.is_test == (split == "test")
+    if not keep.any():
+        raise SjalignError(f"no {split} states in the selection (--max-states {max_states}); nothing to train on")
+    images = view_images(data.images[keep], data.state_ids[keep], view)
     if not json_out:
         console.print(f"pretrain {objective} {model} on {dataset} view {view}: {len(images)} states, "
-                      f"{epochs} epoch(s) -> {output}")
+                      f"{config.epochs} epoch(s) -> {output}")
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.0f} img/s"), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=json_out) as progress:
