@@ -125,6 +125,8 @@ class Latents:
         split: (n,) uint8 (0 = train, 1 = test) or None.
         metadata: str -> str (encoder, dataset, view, layer, pooling, config, ...).
         path: where it was read from, if anywhere.
+        layers: optional {name: (n, d_k) float32}, one per encoder layer (``--layer all``);
+            stored as tensors ``layer.NAME``.
     """
 
     latents: np.ndarray
@@ -133,6 +135,7 @@ class Latents:
     split: np.ndarray | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+    layers: dict[str, np.ndarray] | None = None
 
     @property
     def dim(self) -> int:
@@ -157,9 +160,12 @@ def validate_latents(lat: Latents) -> Latents:
         arr = getattr(lat, key)
         if arr is not None and arr.shape != (n,):
             raise ShapeError(f"{name}: '{key}' has shape {arr.shape}, expected ({n},) to match 'latents'")
-    if not np.isfinite(lat.latents).all():
-        bad = int((~np.isfinite(lat.latents)).any(axis=1).sum())
-        raise SjalignError(f"{name}: latents contain NaN or Inf in {bad} of {n} rows")
+    for key, arr in [("latents", lat.latents), *((f"layer.{k}", v) for k, v in (lat.layers or {}).items())]:
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise ShapeError(f"{name}: '{key}' has shape {arr.shape}, expected ({n}, d)")
+        if not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).any(axis=1).sum())
+            raise SjalignError(f"{name}: '{key}' contains NaN or Inf in {bad} of {n} rows")
     if len(np.unique(lat.state_ids)) != n:
         raise SjalignError(f"{name}: state ids are not unique")
     if lat.split is not None and not np.isin(lat.split, (0, 1)).all():
@@ -180,6 +186,8 @@ def load_latents(path: str | os.PathLike) -> Latents:
         split=tensors["split"].astype(np.uint8) if "split" in tensors else None,
         metadata=meta,
         path=Path(path),
+        layers={k[len("layer."):]: v.astype(np.float32, copy=False) for k, v in tensors.items()
+                if k.startswith("layer.")} or None,
     )
     return validate_latents(lat)
 
@@ -192,6 +200,8 @@ def save_latents(path: str | os.PathLike, lat: Latents, metadata: Mapping[str, s
         tensors["labels"] = lat.labels.astype(np.int64)
     if lat.split is not None:
         tensors["split"] = lat.split.astype(np.uint8)
+    for key, arr in (lat.layers or {}).items():
+        tensors[f"layer.{key}"] = arr.astype(np.float32)
     meta = {**lat.metadata, **metadata, "sjalign.format": LATENTS_FORMAT}
     return write_safetensors(path, tensors, meta, force=force)
 

@@ -25,14 +25,16 @@ class EncoderOptions:
     """Options every encoder receives.
 
     Attributes:
-        pooling: ``mean`` | ``cls`` | ``tokens`` (how patch tokens become one vector).
-        layer: hidden state of block N (None = final output).
+        pooling: ``mean`` | ``cls`` | ``tokens`` (how patch tokens become one vector;
+            ``tokens`` flattens them all).
+        layer: hidden state of block N (None = final output; ``"all"`` = every block, for
+            encoders with ``embed_batch_layers``).
         device: ``auto`` | ``cpu`` | ``cuda``...
         dtype: ``fp32`` | ``bf16`` (autocast on CUDA).
     """
 
     pooling: str = "mean"
-    layer: int | None = None
+    layer: int | str | None = None
     device: str = "auto"
     dtype: str = "fp32"
 
@@ -41,12 +43,17 @@ class EncoderOptions:
 class Encoder(Protocol):
     """What ``sjalign embed`` needs of an encoder.
 
-    ``embed_batch`` maps observations (B, C, H, W) float32 in [0, 1] to latents (B, d)
-    float32, deterministically and independently of batch composition.
+    ``embed_batch`` maps a batch of observations to latents (B, d) float32,
+    deterministically and independently of batch composition. Observations are images
+    (B, C, H, W) float32 in [0, 1] (C = 1 for grayscale datasets; RGB models repeat it, see
+    :func:`prepare_images`) when ``modality == "image"``, or a list of B strings when
+    ``modality == "text"``. Encoders that support ``--layer all`` also implement
+    ``embed_batch_layers(batch) -> list of (B, d_k)`` tensors, one per layer, in depth order.
     """
 
     spec: str
     num_features: int
+    modality: str
 
     def embed_batch(self, images: torch.Tensor) -> torch.Tensor: ...
 
@@ -88,3 +95,73 @@ def create_encoder(spec: str, options: EncoderOptions = EncoderOptions()) -> Enc
     encoder = cls.from_spec(arg, options)
     encoder.spec = spec
     return encoder
+
+
+POOLINGS = ("mean", "cls", "tokens")
+
+
+def pool_tokens(tokens: torch.Tensor, pooling: str, *, num_prefix: int = 0, mask: torch.Tensor | None = None,
+                where: str = "encoder") -> torch.Tensor:
+    """Turn token sequences into one vector per item.
+
+    Args:
+        tokens: (B, N, D) hidden states; the first ``num_prefix`` are CLS/register tokens.
+        pooling: ``cls`` (token 0; needs num_prefix ≥ 1), ``mean`` (over the N − num_prefix
+            patch tokens, or over unmasked tokens when ``mask`` is given), ``tokens``
+            (every token flattened: (B, N·D)).
+        mask: optional (B, N) 1/0 attention mask for text (masked mean).
+        where: the spec, for error messages.
+
+    Returns:
+        (B, D), or (B, N·D) for ``tokens``.
+
+    Raises:
+        SjalignError: unknown pooling, or ``cls`` for a model without a CLS token.
+    """
+    if pooling not in POOLINGS:
+        raise SjalignError(f"{where}: unknown pooling '{pooling}' (use {', '.join(POOLINGS)})")
+    if pooling == "cls":
+        if num_prefix < 1:
+            raise SjalignError(f"{where}: this model has no CLS token, so --pooling cls is not available "
+                               "(use --pooling mean)")
+        return tokens[:, 0]
+    if pooling == "tokens":
+        return tokens.flatten(1)
+    if mask is not None:
+        m = mask.to(tokens.dtype).unsqueeze(-1)  # (B, N, 1)
+        return (tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
+    return tokens[:, num_prefix:].mean(1)
+
+
+def prepare_images(images: torch.Tensor, *, size: tuple[int, int], mean, std, channels: int = 3,
+                   interpolation: str = "bilinear") -> torch.Tensor:
+    """Resize, match channels and normalise observations for a pretrained model.
+
+    Args:
+        images: (B, C, H, W) float in [0, 1]; C = 1 is repeated to ``channels`` (RGB models).
+        size: (H', W') the model's input size (from timm's data config or the HF image processor).
+        mean, std: per-channel normalisation of the model.
+
+    Returns:
+        (B, channels, H', W') float32.
+
+    Raises:
+        SjalignError: channels that cannot be matched (e.g. 3-channel images for a 1-channel model).
+    """
+    import torch.nn.functional as F
+
+    if images.ndim != 4:
+        raise SjalignError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
+    c = images.shape[1]
+    if c != channels:
+        if c == 1:
+            images = images.expand(-1, channels, -1, -1)
+        else:
+            raise SjalignError(f"images have {c} channels but the model expects {channels}")
+    if tuple(images.shape[-2:]) != tuple(size):
+        mode = interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
+        kw = {} if mode == "nearest" else {"align_corners": False, "antialias": True}
+        images = F.interpolate(images, size=tuple(size), mode=mode, **kw)
+    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return ((images - mean_t) / std_t).contiguous()

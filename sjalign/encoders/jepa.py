@@ -7,7 +7,7 @@ import dataclasses
 
 import torch
 
-from sjalign.encoders.base import EncoderOptions
+from sjalign.encoders.base import EncoderOptions, pool_tokens
 from sjalign.errors import SjalignError
 from sjalign.metrics.neighbours import resolve_device
 
@@ -15,16 +15,19 @@ from sjalign.metrics.neighbours import resolve_device
 class JepaEncoder:
     """The (EMA target) ViT encoder of a ``sjalign pretrain`` run, pooled over patch tokens.
 
-    ``embed_batch``: (B, C, H, W) -> (B, D), mean of the final-normed tokens, or of the raw
-    hidden state after block N (1..depth) with ``--layer N``.
+    ``embed_batch``: (B, C, H, W) -> (B, D): the final-normed tokens, or the raw hidden state
+    after block N (1..depth) with ``--layer N``, mean-pooled (or flattened with
+    ``--pooling tokens``; there is no CLS token). ``embed_batch_layers`` gives every block's.
     """
 
     spec = "jepa"
+    modality = "image"
 
     def __init__(self, model, config, options: EncoderOptions, path: str):
         self.model, self.config, self.options, self.path = model, config, options, path
         self.device = resolve_device(options.device)
         self.model.to(self.device)
+        self.depth = len(model.blocks)
         self.num_features = int(model.num_features)
 
     @classmethod
@@ -33,25 +36,40 @@ class JepaEncoder:
 
         if not arg:
             raise SjalignError("encoder 'jepa' needs a run folder or checkpoint: jepa:PATH")
-        if options.pooling != "mean":
-            raise SjalignError(f"jepa:{arg}: pooling '{options.pooling}' is not available (this ViT has no CLS "
-                               "token); use --pooling mean")
+        pool_tokens(torch.zeros(1, 1, 1), options.pooling, where=f"jepa:{arg}")  # refuse cls early
         model, config = load_encoder(arg)
         depth = len(model.blocks)
-        if options.layer is not None and not 1 <= options.layer <= depth:
-            raise SjalignError(f"jepa:{arg}: --layer {options.layer} out of range (blocks 1..{depth})")
+        if options.layer not in (None, "all") and not (isinstance(options.layer, int) and 1 <= options.layer <= depth):
+            raise SjalignError(f"jepa:{arg}: --layer {options.layer} out of range (blocks 1..{depth}, or all)")
         return cls(model, config, options, arg)
+
+    def _autocast(self):
+        if self.options.dtype == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return pool_tokens(tokens.float(), self.options.pooling, where=f"jepa:{self.path}").cpu()
 
     @torch.no_grad()
     def embed_batch(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                    if self.options.dtype == "bf16" and self.device.type == "cuda" else contextlib.nullcontext())
-        with autocast:
-            tokens = self.model.forward_features(x, layer=self.options.layer)  # (B, N, D)
-        return tokens.float().mean(1).cpu()
+        layer = None if self.options.layer == "all" else self.options.layer
+        with self._autocast():
+            tokens = self.model.forward_features(images.to(self.device), layer=layer)  # (B, N, D)
+        return self._pool(tokens)
+
+    @torch.no_grad()
+    def embed_batch_layers(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """One (B, D) tensor per block 1..depth (raw hidden states, pooled)."""
+        out = []
+        with self._autocast():
+            h = self.model.embed(images.to(self.device))  # (B, N, D)
+            for blk in self.model.blocks:
+                h = blk(h)
+                out.append(self._pool(h))
+        return out
 
     def describe(self) -> dict:
         layer = "final" if self.options.layer is None else str(self.options.layer)
         cfg = dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else dict(self.config)
-        return {"layer": layer, "pooling": "mean", "config": cfg}
+        return {"layer": layer, "pooling": self.options.pooling, "config": cfg}

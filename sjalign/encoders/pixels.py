@@ -12,6 +12,7 @@ class PixelsEncoder:
     """Latents = pixels: (B, C, H, W) -> (B, C·H·W). The baseline every trained encoder must beat."""
 
     spec = "pixels"
+    modality = "image"
     num_features = 0  # known after the first batch
 
     @classmethod
