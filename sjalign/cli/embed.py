@@ -117,4 +117,4 @@ def embed_command(
         emit_json(result)
     else:
         console.print(f"wrote {output}: {result['n']} latents of dimension {result['d']} from {encoder} on "
-                      f"{dataset} view {view} ({result["items_per_s"]:.0f} items/s)")
+                      f"{dataset} view {view} ({result['items_per_s']:.0f} items/s)")
