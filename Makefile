@@ -10,9 +10,10 @@ OUT ?= runs/demo
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml plugins/sjalign-randproj/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e plugins/sjalign-randproj
 	touch $@
 
 data:

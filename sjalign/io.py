@@ -81,7 +81,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     from safetensors.numpy import save
 
     path = check_output(path, force)
-    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    arrays = {k: np.require(v, requirements="C") for k, v in tensors.items()}  # keeps 0-d arrays 0-d
     atomic_write_bytes(path, save(arrays, metadata={k: str(v) for k, v in metadata.items()}))
     return path
 

@@ -41,6 +41,12 @@ def test_map_round_trip(tmp_path):
     assert meta["sjalign.format"] == "map/1" and meta["n_train"] == "50"
 
 
+def test_zero_dim_arrays_keep_their_shape(tmp_path):
+    write_safetensors(tmp_path / "z.safetensors", {"count": np.array(7, dtype=np.int64), "v": np.arange(3.0)}, {})
+    tensors, _ = read_safetensors(tmp_path / "z.safetensors")
+    assert tensors["count"].shape == () and int(tensors["count"]) == 7
+
+
 def test_existing_output_refused_without_force(tmp_path):
     path = make_latents(tmp_path / "l.safetensors", np.ones((3, 2)), [1, 2, 3])
     with pytest.raises(SjalignError, match="already exists"):

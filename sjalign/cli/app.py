@@ -6,6 +6,7 @@ import typer
 
 from sjalign import __version__
 from sjalign.cli.apply_map import apply_map_command
+from sjalign.cli.convert import convert_command
 from sjalign.cli.embed import embed_command
 from sjalign.cli.evaluate import evaluate_command
 from sjalign.cli.fit_map import fit_map_command
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 app.command("pretrain")(pretrain_command)
 app.command("embed")(embed_command)
+app.command("convert")(convert_command)
 app.command("fit-map")(fit_map_command)
 app.command("apply-map")(apply_map_command)
 app.command("evaluate")(evaluate_command)

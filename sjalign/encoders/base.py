@@ -17,7 +17,9 @@ from sjalign.errors import SjalignError
 
 GROUP = "sjalign.encoders"
 # Used only when the package metadata is missing (running from a source tree without install).
-_BUILTIN_FALLBACK = {"pixels": "sjalign.encoders.pixels:PixelsEncoder", "jepa": "sjalign.encoders.jepa:JepaEncoder"}
+_BUILTIN_FALLBACK = {"pixels": "sjalign.encoders.pixels:PixelsEncoder", "jepa": "sjalign.encoders.jepa:JepaEncoder",
+                     "timm": "sjalign.encoders.timm_encoder:TimmEncoder",
+                     "hf": "sjalign.encoders.hf:HFEncoder"}
 
 
 @dataclass(frozen=True)
