@@ -20,7 +20,6 @@ before any final norm); ``--layer all`` gives every block's.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 from sjalign.encoders.base import EncoderOptions, pool_tokens, prepare_images
 from sjalign.errors import SjalignError
-from sjalign.metrics.neighbours import resolve_device
+from sjalign.device import autocast, resolve_device
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL resampling codes
@@ -250,9 +249,7 @@ class HFEncoder:
     # ------------------------------------------------------------------ running
 
     def _autocast(self):
-        if self.options.dtype == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.options.dtype)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor):

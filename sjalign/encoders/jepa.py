@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import torch
 
 from sjalign.encoders.base import EncoderOptions, pool_tokens
 from sjalign.errors import SjalignError
-from sjalign.metrics.neighbours import resolve_device
+from sjalign.device import autocast, resolve_device
 
 
 class JepaEncoder:
@@ -44,9 +43,7 @@ class JepaEncoder:
         return cls(model, config, options, arg)
 
     def _autocast(self):
-        if self.options.dtype == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.options.dtype)
 
     def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
         return pool_tokens(tokens.float(), self.options.pooling, where=f"jepa:{self.path}").cpu()

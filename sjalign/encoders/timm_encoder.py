@@ -15,7 +15,6 @@ stays fast.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import inspect
 import json
@@ -25,7 +24,7 @@ import torch
 
 from sjalign.encoders.base import POOLINGS, EncoderOptions, pool_tokens, prepare_images
 from sjalign.errors import SjalignError
-from sjalign.metrics.neighbours import resolve_device
+from sjalign.device import autocast, resolve_device
 
 RANDOM = "random"
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save zip archive; legacy pickle protocol 2+
@@ -269,9 +268,7 @@ class TimmEncoder:
         return None
 
     def _autocast(self):
-        if self.options.dtype == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.options.dtype)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> the model's normalised input on the encoder's device."""

@@ -22,12 +22,12 @@ from sjalign.jepa.checkpoint import (
 from sjalign.jepa.config import PretrainConfig
 from sjalign.jepa.masks import MaskConfig, Masks, sample_masks
 from sjalign.jepa.objectives import OBJECTIVES, IJEPA, build_objective, ijepa_loss
-from sjalign.jepa.train import lr_at, pretrain, resolve_device
+from sjalign.jepa.train import lr_at, pretrain
 from sjalign.jepa.vit import PRESETS, Predictor, VisionTransformer, ViTConfig
 
 __all__ = [
     "CHECKPOINT_FORMAT", "TRAIN_STATE_FORMAT", "IJEPA", "MaskConfig", "Masks", "OBJECTIVES", "PRESETS",
     "Predictor", "PretrainConfig", "ViTConfig", "VisionTransformer", "build_objective", "ijepa_loss",
-    "load_checkpoint", "load_encoder", "lr_at", "pretrain", "read_log", "resolve_device", "sample_masks",
+    "load_checkpoint", "load_encoder", "lr_at", "pretrain", "read_log", "sample_masks",
     "save_checkpoint",
 ]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from sjalign import __version__
+from sjalign.device import autocast, resolve_device
 from sjalign.errors import SjalignError
 from sjalign.jepa import checkpoint as ckpt
 from sjalign.jepa.config import PretrainConfig
@@ -37,7 +37,7 @@ from sjalign.jepa.objectives import build_objective
 StepCallback = Callable[[int, int, float, float], None]
 EpochCallback = Callable[[dict[str, Any]], None]
 
-__all__ = ["PretrainConfig", "pretrain", "lr_at", "resolve_device"]
+__all__ = ["PretrainConfig", "pretrain", "lr_at"]
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
@@ -50,23 +50,6 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: flo
         return lr * (step + 1) / warmup_steps
     t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; other names are checked.
-
-    Raises:
-        SjalignError: CUDA asked for but not available, or an unknown device name.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SjalignError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SjalignError(f"device '{device}' asked for, but CUDA is not available here")
-    return dev
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -128,7 +111,6 @@ def pretrain(config: PretrainConfig, images: torch.Tensor, out_dir: str | Path, 
     device = resolve_device(config.device)
     if config.precision == "bf16" and device.type != "cuda":
         warnings.warn("precision bf16 is used on CUDA only; training in fp32 on the CPU", stacklevel=2)
-    use_bf16 = config.precision == "bf16" and device.type == "cuda"
 
     torch.manual_seed(config.seed)
     model = build_objective(config).to(device)
@@ -167,7 +149,7 @@ def pretrain(config: PretrainConfig, images: torch.Tensor, out_dir: str | Path, 
     if config.compile:
         for module in model.children():
             module.compile()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    amp = autocast(device, config.precision)
     data = images.to(device, torch.float32)
     params = model.trainable_parameters()
     num_params = sum(p.numel() for p in model.export_encoder().parameters())
@@ -185,7 +167,7 @@ def pretrain(config: PretrainConfig, images: torch.Tensor, out_dir: str | Path, 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # 1. forward
-            with autocast:
+            with amp:
                 loss = model(data[idx.to(device)], masks)
             # 2. backward + step
             optimizer.zero_grad(set_to_none=True)

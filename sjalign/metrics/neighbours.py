@@ -9,16 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sjalign.device import resolve_device
 from sjalign.errors import ShapeError, SjalignError
 
 DEFAULT_KS = (1, 5, 10, 20, 50)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _sq_dists(q: torch.Tensor, x: torch.Tensor, x_sq: torch.Tensor) -> torch.Tensor:

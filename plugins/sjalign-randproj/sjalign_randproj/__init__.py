@@ -17,6 +17,7 @@ import math
 import torch
 
 from sjalign.encoders.base import EncoderOptions
+from sjalign.device import resolve_device
 from sjalign.errors import ShapeError, SjalignError
 
 __all__ = ["RandomProjectionEncoder"]
@@ -33,18 +34,6 @@ def _parse_int(text: str, what: str, spec: str, *, low: int) -> int:
     return value
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SjalignError(f"encoder 'randproj': unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SjalignError(f"encoder 'randproj': device '{name}' asked for, but CUDA is not available here")
-    return device
-
-
 class RandomProjectionEncoder:
     """Latents = flatten(images) @ R, R (C·H·W, D) Gaussian / sqrt(D): (B, C, H, W) -> (B, D)."""
 
@@ -53,7 +42,7 @@ class RandomProjectionEncoder:
 
     def __init__(self, dim: int, seed: int = 0, *, device: str = "auto"):
         self.num_features, self.seed = dim, seed
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self._matrices: dict[tuple[int, ...], torch.Tensor] = {}  # image shape (C, H, W) -> R
 
     @classmethod
