@@ -104,7 +104,7 @@ def print_summary(s: dict) -> None:
     p = s["probe"]
     console.print(f"probe trained on A, moved to B with 0 gradient steps: {p['transferred_acc']:.3f} "
                   f"(on A {p['source_acc']:.3f}, trained on B {p['target_acc']:.3f}, A-probe without map "
-                  f"{p['a_probe_acc']:.3f}, chance {p['chance']:.3f})")
+                  f"{'—' if p['a_probe_acc'] is None else format(p['a_probe_acc'], '.3f')}, chance {p['chance']:.3f})")
     console.print(f"demo finished in {s['seconds'] / 60:.1f} min; artifacts and summary.json are in the output folder")
 
 

@@ -3,7 +3,8 @@
 set -euo pipefail
 dir=/usr/share/datasets/fashion-mnist
 for d in "${SJALIGN_DATA:-}" "${SJALIGN_DATA:+$SJALIGN_DATA/fashion-mnist}" "$dir"; do
-  if [ -n "$d" ] && [ -f "$d/train-images-idx3-ubyte.gz" ] && [ -f "$d/t10k-labels-idx1-ubyte.gz" ]; then
+  if [ -n "$d" ] && [ -f "$d/train-images-idx3-ubyte.gz" ] && [ -f "$d/train-labels-idx1-ubyte.gz" ] \
+     && [ -f "$d/t10k-images-idx3-ubyte.gz" ] && [ -f "$d/t10k-labels-idx1-ubyte.gz" ]; then
     exit 0
   fi
 done

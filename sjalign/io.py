@@ -204,11 +204,3 @@ def save_latents(path: str | os.PathLike, lat: Latents, metadata: Mapping[str, s
         tensors[f"layer.{key}"] = arr.astype(np.float32)
     meta = {**lat.metadata, **metadata, "sjalign.format": LATENTS_FORMAT}
     return write_safetensors(path, tensors, meta, force=force)
-
-
-def load_json_meta(meta: Mapping[str, str], key: str, path: str | os.PathLike) -> object:
-    """Decode one JSON-encoded metadata entry, or raise FileFormatError naming the file."""
-    try:
-        return json.loads(meta[key])
-    except (KeyError, json.JSONDecodeError):
-        raise FileFormatError(f"{path}: metadata '{key}' is missing or not JSON") from None

@@ -33,6 +33,9 @@ def choose_split(pairs: Pairs, *, test_fraction: float = 0.2, seed: int = 0,
                  train_state_ids: np.ndarray | None = None) -> Split:
     """Train/test by state id: a map's recorded train ids, else the files' split, else a seeded draw.
 
+    A files' split that holds only train (or only test) states, as ``embed --split train``
+    writes, cannot be used and gives way to the seeded draw.
+
     Raises:
         SjalignError: an empty side, or a map whose train ids are missing from the latents.
     """
@@ -43,7 +46,7 @@ def choose_split(pairs: Pairs, *, test_fraction: float = 0.2, seed: int = 0,
             raise SjalignError(f"{missing} of the map's {len(train_state_ids)} train state ids are missing "
                                "from the paired latents; the map was fitted on other data")
         how = "the map's train state ids; test = the other shared ids"
-    elif pairs.split is not None:
+    elif pairs.split is not None and len(np.unique(pairs.split)) == 2:
         train = pairs.split == 0
         how = "the files' split tensor"
     else:

@@ -150,6 +150,32 @@ def test_bad_options_are_user_errors(runner, planted, tmp_path):
     _single_error_line(run(runner, "embed", "--encoder", "nosuch:x", "-o", tmp_path / "e"), "nosuch", "pixels")
 
 
+def test_map_applied_backwards_is_refused(runner, planted, tmp_path):
+    a, b, *_ = planted
+    m = tmp_path / "m.safetensors"
+    assert run(runner, "fit-map", a, b, "-o", m).exit_code == 0
+    _single_error_line(run(runner, "evaluate", b, a, "--map", m), "m.safetensors", "target (B)")
+    _single_error_line(run(runner, "apply-map", m, b, "-o", tmp_path / "x.safetensors"), "target (B)")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_single_sided_file_split_falls_back_to_seeded_split(runner, tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(100, 4))
+    ids = np.arange(100)
+    a = make_latents(tmp_path / "a.safetensors", x, ids, split=np.zeros(100))
+    b = make_latents(tmp_path / "b.safetensors", x @ rng.normal(size=(4, 3)), ids, split=np.zeros(100))
+    res = run(runner, "fit-map", a, b, "-o", tmp_path / "m.safetensors", "--json")
+    assert res.exit_code == 0, res.stderr
+    fit = json.loads(res.stdout)
+    assert fit["n_test"] == 20 and "seeded" in fit["split"]
+
+
+def test_dsc_points_must_be_sensible(runner, planted):
+    a, b, *_ = planted
+    _single_error_line(run(runner, "evaluate", a, b, "--dsc-points", "-1"), "--dsc-points")
+
+
 def test_usage_error_exit_2(runner):
     assert runner.invoke(app, ["fit-map"]).exit_code == 2
 

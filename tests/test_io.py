@@ -28,6 +28,17 @@ def test_latents_round_trip(tmp_path):
     assert lat.latents.dtype == np.float32 and lat.state_ids.dtype == np.int64
 
 
+def test_map_with_bad_info_is_refused(tmp_path):
+    rng = np.random.default_rng(4)
+    amap = fit_map(rng.normal(size=(20, 3)), rng.normal(size=(20, 2)), np.arange(20))
+    save_map(tmp_path / "m.safetensors", amap, {})
+    tensors, meta = read_safetensors(tmp_path / "m.safetensors")
+    meta["info"] = "[1, 2]"
+    write_safetensors(tmp_path / "bad.safetensors", tensors, meta)
+    with pytest.raises(FileFormatError, match="info"):
+        load_map(tmp_path / "bad.safetensors")
+
+
 def test_map_round_trip(tmp_path):
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(50, 4)), rng.normal(size=(50, 3))

@@ -1,6 +1,6 @@
 """Alignment maps: streaming moments, ridge / lstsq / orthogonal Procrustes, map files."""
 
-from sjalign.align.mapfile import load_map, save_map
+from sjalign.align.mapfile import check_source, load_map, map_direction, save_map
 from sjalign.align.maps import (
     DEFAULT_LAMBDA,
     METHODS,
@@ -16,6 +16,6 @@ from sjalign.align.moments import Moments, Standardised, accumulate
 
 __all__ = [
     "DEFAULT_LAMBDA", "METHODS", "AlignmentMap", "IllConditionedWarning", "Moments", "Standardised",
-    "accumulate", "choose_lambda", "fit_map", "load_map", "map_from_moments", "pseudo_inverse",
+    "accumulate", "check_source", "choose_lambda", "fit_map", "load_map", "map_direction", "map_from_moments", "pseudo_inverse",
     "save_map", "shuffled_map",
 ]

@@ -10,8 +10,8 @@ from typing import Mapping
 import numpy as np
 
 from sjalign.align.maps import AlignmentMap
-from sjalign.errors import FileFormatError
-from sjalign.io import MAP_FORMAT, read_safetensors, write_safetensors
+from sjalign.errors import FileFormatError, SjalignError
+from sjalign.io import MAP_FORMAT, read_safetensors, sha256_file, write_safetensors
 
 _VECTORS = ("a_mean", "a_std", "b_mean", "b_std")
 
@@ -44,11 +44,61 @@ def load_map(path: str | os.PathLike) -> tuple[AlignmentMap, dict[str, str]]:
             raise FileFormatError(f"{path}: '{key}' has shape {tensors[key].shape}, expected ({d},) for W {w.shape}")
     if not all(np.isfinite(tensors[k]).all() for k in ("W", *_VECTORS)):
         raise FileFormatError(f"{path}: map contains NaN or Inf")
+    if tensors["train_state_ids"].ndim != 1:
+        raise FileFormatError(f"{path}: 'train_state_ids' must be 1-D, got shape {tensors['train_state_ids'].shape}")
     try:
         info = json.loads(meta.get("info", "{}"))
         lam = float(meta.get("lambda", "0"))
     except ValueError:
         raise FileFormatError(f"{path}: bad 'lambda' or 'info' metadata") from None
+    if not isinstance(info, dict):
+        raise FileFormatError(f"{path}: metadata 'info' must be a JSON object")
     amap = AlignmentMap(w.astype(np.float32), *(tensors[k].astype(np.float32) for k in _VECTORS),
                         tensors["train_state_ids"].astype(np.int64), meta.get("method", "?"), lam, info)
     return amap, meta
+
+
+def _recorded_hashes(meta: Mapping[str, str]) -> tuple[str, str] | None:
+    try:
+        inputs = json.loads(meta.get("inputs", "{}"))
+        return inputs["a"]["sha256"], inputs["b"]["sha256"]
+    except (KeyError, TypeError, json.JSONDecodeError):
+        return None
+
+
+def map_direction(meta: Mapping[str, str], map_path, a_path, b_path, d_a: int, d_b: int, shape) -> str:
+    """Which way a map runs between latents files A (d_a) and B (d_b): ``a->b`` or ``b->a``.
+
+    Decided by the input hashes the map recorded when they match the files (in either
+    order), else by the shape of W (d_b, d_a); a square map of unknown origin counts as a->b.
+
+    Raises:
+        SjalignError: W fits neither direction.
+    """
+    recorded = _recorded_hashes(meta)
+    if recorded is not None:
+        files = (sha256_file(a_path), sha256_file(b_path))
+        if recorded == files:
+            return "a->b"
+        if recorded == files[::-1]:
+            return "b->a"
+    if tuple(shape) == (d_b, d_a):
+        return "a->b"
+    if tuple(shape) == (d_a, d_b):
+        return "b->a"
+    raise SjalignError(f"{map_path}: map W {tuple(shape)} fits neither {a_path} ({d_a}-d) -> {b_path} ({d_b}-d) "
+                       "nor the reverse")
+
+
+def check_source(meta: Mapping[str, str], map_path, a_path) -> None:
+    """Refuse source latents that the map recorded as its *target* input (a map applied backwards).
+
+    Raises:
+        SjalignError: ``a_path`` has the hash of the map's B input and not of its A input.
+    """
+    recorded = _recorded_hashes(meta)
+    if recorded is not None and recorded[0] != recorded[1]:
+        h = sha256_file(a_path)
+        if h == recorded[1]:
+            raise SjalignError(f"{map_path}: {a_path} is this map's target (B) latents; the map runs A -> B, "
+                               "so swap the files or fit the reverse map")

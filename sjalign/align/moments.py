@@ -71,8 +71,8 @@ class Moments:
         cov_xy = self.sum_xy / n - np.outer(mx, my)
         var_x = np.clip(np.diag(cov_xx), 0.0, None)
         var_y = np.clip(self.sum_yy_diag / n - my**2, 0.0, None)
-        # E[x²] − E[x]² of a constant feature cancels to rounding error, not 0: a std below
-        # 1e-5·|mean| is under float32 resolution of the latents themselves, so call it constant.
+        # E[x²] − E[x]² of a constant feature cancels to rounding error (~1e-16·mean² per
+        # accumulation), not 0; a std below 1e-5·|mean| is called constant, far above that noise.
         const_x = var_x <= CONSTANT_REL_VAR * mx**2
         const_y = var_y <= CONSTANT_REL_VAR * my**2
         cov_xx[const_x, :] = cov_xx[:, const_x] = 0.0

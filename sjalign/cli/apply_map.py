@@ -24,12 +24,13 @@ def apply_map_command(
 
       sjalign apply-map a2b.safetensors a.safetensors -o a_in_b.safetensors
     """
-    from sjalign.align import load_map
+    from sjalign.align import check_source, load_map
     from sjalign.errors import ShapeError
     from sjalign.io import Latents, check_output, load_latents, provenance, save_latents
 
     check_output(output, force)
     amap, meta = load_map(map_path)
+    check_source(meta, map_path, a_path)
     a = load_latents(a_path)
     if a.dim != amap.d_a:
         raise ShapeError(f"{map_path}: map expects source latents of dimension {amap.d_a}, "

@@ -51,7 +51,7 @@ def embed_command(
     max_states: Annotated[int | None, typer.Option("--max-states", help="Keep at most N states (train and test in proportion).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
     pooling: Annotated[str, typer.Option("--pooling", help="mean, cls or tokens (what the encoder supports).")] = "mean",
-    layer: Annotated[str | None, typer.Option("--layer", help="Hidden state after block N, or 'all' (one tensor per layer in the file); default: the final output.")] = None,
+    layer: Annotated[str | None, typer.Option("--layer", help="Hidden state after block N, or 'all' (one layer.N tensor per layer; 'latents' then holds the last one); default: the final output.")] = None,
     device: DeviceOpt = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="fp32 or bf16 (autocast on CUDA).")] = "fp32",
     data_dir: DataDirOpt = None,

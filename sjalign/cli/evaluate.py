@@ -85,7 +85,7 @@ def evaluate_command(
 
       sjalign evaluate a.safetensors b.safetensors --json --k 1,10 > metrics.json
     """
-    from sjalign.align import load_map
+    from sjalign.align import check_source, load_map
     from sjalign.errors import SjalignError
     from sjalign.io import atomic_write_bytes, check_output
     from sjalign.protocol import choose_split, evaluate_pairs, fit_on_split
@@ -94,11 +94,14 @@ def evaluate_command(
     lam_value = parse_lambda(lam)
     if permutations < 1:
         raise SjalignError(f"--permutations must be at least 1, got {permutations}")
+    if dsc_points < 3:
+        raise SjalignError(f"--dsc-points must be at least 3, got {dsc_points}")
     if output is not None:
         check_output(output, force)
     amap = None
     if map_path is not None:
-        amap, _ = load_map(map_path)
+        amap, map_meta = load_map(map_path)
+        check_source(map_meta, map_path, a_path)
     a, b, pairs = load_pairs(a_path, b_path)
     if amap is not None and (amap.d_a != a.dim or amap.d_b != b.dim):
         raise SjalignError(f"{map_path}: map is {amap.d_a} -> {amap.d_b} but the latents are "

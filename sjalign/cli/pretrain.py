@@ -37,7 +37,7 @@ def pretrain_command(
 
       sjalign pretrain --dataset fashion-mnist --view crop:top --epochs 4 --max-states 12000 -o runs/top
 
-      sjalign pretrain --view crop:top --epochs 8 --max-states 12000 -o runs/top --resume
+      sjalign pretrain --view crop:top --epochs 4 --max-states 12000 -o runs/top --resume   # after an interruption
     """
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

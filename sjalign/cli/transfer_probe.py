@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,30 +9,6 @@ import typer
 
 from sjalign.cli.common import ForceOpt, JsonOpt, SeedOpt, cli_command, console, emit_json
 from sjalign.cli.fit_map import load_pairs
-
-
-def map_direction(meta: dict, map_path: Path, a_path: Path, b_path: Path, d_a: int, d_b: int, shape) -> str:
-    """'a->b' or 'b->a': from the input hashes the map recorded, else from W's shape."""
-    from sjalign.errors import SjalignError
-    from sjalign.io import sha256_file
-
-    try:
-        inputs = json.loads(meta.get("inputs", "{}"))
-        ha, hb = inputs["a"]["sha256"], inputs["b"]["sha256"]
-    except (KeyError, TypeError, json.JSONDecodeError):
-        ha = hb = None
-    if ha is not None:
-        sa, sb = sha256_file(a_path), sha256_file(b_path)
-        if (ha, hb) == (sa, sb):
-            return "a->b"
-        if (ha, hb) == (sb, sa):
-            return "b->a"
-    if tuple(shape) == (d_b, d_a):
-        return "a->b"
-    if tuple(shape) == (d_a, d_b):
-        return "b->a"
-    raise SjalignError(f"{map_path}: map W {tuple(shape)} fits neither {a_path} ({d_a}-d) -> {b_path} ({d_b}-d) "
-                       "nor the reverse")
 
 
 @cli_command
@@ -56,7 +31,7 @@ def transfer_probe_command(
     """
     import numpy as np
 
-    from sjalign.align import METHODS, fit_map, load_map, pseudo_inverse
+    from sjalign.align import METHODS, fit_map, load_map, map_direction, pseudo_inverse
     from sjalign.io import PROBE_FORMAT, check_output, provenance, write_safetensors
     from sjalign.protocol import choose_split
     from sjalign.errors import SjalignError

@@ -32,11 +32,6 @@ class Pairs:
     dropped_a: int
     dropped_b: int
 
-    def subset(self, mask: np.ndarray) -> "Pairs":
-        pick = lambda arr: None if arr is None else arr[mask]  # noqa: E731
-        return Pairs(self.x[mask], self.y[mask], self.state_ids[mask], pick(self.labels), pick(self.split),
-                     self.dropped_a, self.dropped_b)
-
 
 def pair_by_state_id(a: Latents, b: Latents) -> Pairs:
     """Join two latents sets on state id; row order in the files does not matter.

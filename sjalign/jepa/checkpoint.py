@@ -40,9 +40,11 @@ TRAIN_STATE_FILE = "train_state.safetensors"
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
 
+
 def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, st_save(tensors, metadata=metadata))
+
 
 def read_safetensors(path: str | os.PathLike, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read all tensors (torch) and the metadata of a safetensors file and check its format tag.
@@ -53,10 +55,12 @@ def read_safetensors(path: str | os.PathLike, expected_format: str) -> tuple[dic
     """
     return _read(path, expected_format, framework="pt")
 
+
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     """A run directory or a checkpoint file -> the checkpoint file."""
     path = Path(path)
     return path / CHECKPOINT_FILE if path.is_dir() else path
+
 
 def _config_from_metadata(path: Path, metadata: dict[str, str]) -> PretrainConfig:
     if "config" not in metadata:
@@ -65,6 +69,7 @@ def _config_from_metadata(path: Path, metadata: dict[str, str]) -> PretrainConfi
         return PretrainConfig.from_json(metadata["config"])
     except SjalignError as exc:
         raise FileFormatError(f"{path}: {exc}") from None
+
 
 def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, config: PretrainConfig, *,
                     epoch: int) -> Path:
@@ -85,6 +90,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, config: 
     _save_safetensors(path, dict(model.state_dict()), metadata)
     return path
 
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], PretrainConfig, dict[str, str]]:
     """Read a checkpoint (run directory or file).
 
@@ -97,6 +103,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], P
     path = resolve_checkpoint_path(path)
     tensors, metadata = read_safetensors(path, CHECKPOINT_FORMAT)
     return tensors, _config_from_metadata(path, metadata), metadata
+
 
 def load_encoder(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[VisionTransformer, PretrainConfig]:
     """Rebuild the exported encoder of a run from the checkpoint alone.
@@ -125,6 +132,7 @@ def load_encoder(path: str | os.PathLike, *, device: str | torch.device = "cpu")
         first = str(exc).strip().splitlines()[0]
         raise FileFormatError(f"{file}: weights do not match the config's architecture ({first})") from None
     return model.to(device).eval().requires_grad_(False), config
+
 
 def save_train_state(run_dir: str | os.PathLike, optimizer: torch.optim.Optimizer, *, epoch: int, step: int,
                      scheduler: dict[str, Any], generator: torch.Generator) -> Path:
@@ -159,6 +167,7 @@ def save_train_state(run_dir: str | os.PathLike, optimizer: torch.optim.Optimize
     _save_safetensors(path, tensors, metadata)
     return path
 
+
 def load_train_state(run_dir: str | os.PathLike, optimizer: torch.optim.Optimizer,
                      generator: torch.Generator) -> dict[str, Any]:
     """Restore optimizer and RNG states in place from ``train_state.safetensors``.
@@ -172,6 +181,14 @@ def load_train_state(run_dir: str | os.PathLike, optimizer: torch.optim.Optimize
     """
     path = Path(run_dir) / TRAIN_STATE_FILE
     tensors, metadata = read_safetensors(path, TRAIN_STATE_FORMAT)
+    try:
+        return _restore_train_state(path, tensors, metadata, optimizer, generator)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise FileFormatError(f"{path}: incomplete or corrupt train state ({type(exc).__name__}: {exc})") from None
+
+
+def _restore_train_state(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                         optimizer: torch.optim.Optimizer, generator: torch.Generator) -> dict[str, Any]:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):
@@ -192,18 +209,24 @@ def load_train_state(run_dir: str | os.PathLike, optimizer: torch.optim.Optimize
     return {"epoch": int(metadata["epoch"]), "step": int(metadata["step"]),
             "scheduler": json.loads(metadata["scheduler"])}
 
+
 def write_config_json(run_dir: str | os.PathLike, config: PretrainConfig) -> Path:
     """Write the resolved config as pretty JSON (``config.json``)."""
     path = Path(run_dir) / CONFIG_FILE
     atomic_write_bytes(path, (config.to_json(indent=2) + "\n").encode())
     return path
 
+
 def read_log(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Epoch records of ``log.jsonl`` (empty when the file does not exist)."""
     path = Path(run_dir) / LOG_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise FileFormatError(f"{path}: not one JSON object per line ({exc})") from None
+
 
 def write_log(run_dir: str | os.PathLike, records: list[dict[str, Any]]) -> Path:
     """Rewrite ``log.jsonl`` atomically with one JSON line per record."""

@@ -130,7 +130,11 @@ def pretrain(config: PretrainConfig, images: torch.Tensor, out_dir: str | Path, 
         _check_resumable(out_dir / ckpt.CHECKPOINT_FILE, saved, config)
         model.load_state_dict({k: v.to(device) for k, v in tensors.items()})
         state = ckpt.load_train_state(out_dir, optimizer, generator)
-        start_epoch, step, saved_epoch = state["epoch"], state["step"], int(meta["epoch"])
+        try:
+            saved_epoch = int(meta["epoch"])
+        except (KeyError, ValueError):
+            raise SjalignError(f"{out_dir}: checkpoint metadata has no valid 'epoch'") from None
+        start_epoch, step = state["epoch"], state["step"]
         if saved_epoch != start_epoch:
             raise SjalignError(f"{out_dir}: checkpoint (epoch {saved_epoch}) and train state (epoch "
                                f"{start_epoch}) disagree; the run was interrupted while saving")

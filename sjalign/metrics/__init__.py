@@ -7,13 +7,8 @@ import numpy as np
 from sjalign.metrics.cka import linear_cka
 from sjalign.metrics.diagnostics import effective_rank, kappa, orth_dev, procrustes_error
 from sjalign.metrics.distances import DEFAULT_DSC_POINTS, dsc
-from sjalign.metrics.neighbours import DEFAULT_KS, knn_indices, nos_at_k, resolve_device, retrieval_at_1
+from sjalign.metrics.neighbours import DEFAULT_KS, knn_indices, nos_at_k, retrieval_at_1
 from sjalign.metrics.regression import mse, r2
-
-# Which way is better, printed beside every table.
-HIGHER_IS_BETTER = {"r2": True, "cka": True, "cka_raw": True, "dsc": True, "retrieval@1": True,
-                    "mse": False, "procrustes_error": False, "kappa": False, "orth_dev": False}
-
 
 def score_map(w: np.ndarray, za: np.ndarray, zb: np.ndarray, *, ks=DEFAULT_KS, q: np.ndarray | None = None,
               dsc_points: int = DEFAULT_DSC_POINTS, seed: int = 0, device="auto") -> dict[str, float]:
@@ -48,7 +43,7 @@ def score_map(w: np.ndarray, za: np.ndarray, zb: np.ndarray, *, ks=DEFAULT_KS, q
 
 
 __all__ = [
-    "DEFAULT_DSC_POINTS", "DEFAULT_KS", "HIGHER_IS_BETTER", "dsc", "effective_rank", "kappa", "knn_indices",
-    "linear_cka", "mse", "nos_at_k", "orth_dev", "procrustes_error", "r2", "resolve_device",
+    "DEFAULT_DSC_POINTS", "DEFAULT_KS", "dsc", "effective_rank", "kappa", "knn_indices",
+    "linear_cka", "mse", "nos_at_k", "orth_dev", "procrustes_error", "r2",
     "retrieval_at_1", "score_map",
 ]
