@@ -130,20 +130,13 @@ def convert_to_timm(source_path: str | os.PathLike, arch: str) -> dict[str, torc
 def save_timm_weights(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], *, arch: str,
                       source_path: str | os.PathLike, config: Mapping | None = None, force: bool = False) -> Path:
     """Write the converted state dict atomically as safetensors with provenance metadata."""
-    from safetensors.torch import save
-
-    from sjalign.io import atomic_write_bytes, check_output, provenance, sha256_file
+    from sjalign.io import provenance, sha256_file, write_safetensors_torch
 
     meta = provenance("convert", {"arch": arch, "source": str(source_path), **dict(config or {})},
                       inputs={"source": source_path})
     meta.update({"sjalign.format": TIMM_WEIGHTS_FORMAT, "format": "pt", "arch": arch,
                  "source_sha256": sha256_file(source_path)})
-    path = check_output(path, force)
-    # torch tensors straight to safetensors (no numpy round trip; 0-d buffers such as
-    # BatchNorm's num_batches_tracked keep their shape for strict loading)
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
-    atomic_write_bytes(path, data)
-    return path
+    return write_safetensors_torch(path, tensors, meta, force=force)
 
 
 def n_params(tensors: Mapping[str, torch.Tensor]) -> int:

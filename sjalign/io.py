@@ -19,6 +19,8 @@ import numpy as np
 from sjalign import __version__
 from sjalign.errors import FileFormatError, ShapeError, SjalignError
 
+# Files sjalign never loads (pickled PyTorch / NumPy checkpoints); named in error messages.
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pkl", ".ckpt", ".pickle")
 LATENTS_FORMAT = "latents/1"
 MAP_FORMAT = "map/1"
 PROBE_FORMAT = "probe/1"
@@ -83,6 +85,18 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     path = check_output(path, force)
     arrays = {k: np.require(v, requirements="C") for k, v in tensors.items()}  # keeps 0-d arrays 0-d
     atomic_write_bytes(path, save(arrays, metadata={k: str(v) for k, v in metadata.items()}))
+    return path
+
+
+def write_safetensors_torch(path: str | os.PathLike, tensors: Mapping, metadata: Mapping[str, str], *,
+                            force: bool = False) -> Path:
+    """Atomically write torch tensors (moved to CPU, contiguous; 0-d buffers kept 0-d) as safetensors."""
+    from safetensors.torch import save
+
+    path = check_output(path, force)
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                metadata={k: str(v) for k, v in metadata.items()})
+    atomic_write_bytes(path, data)
     return path
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sjalign.data import TEXT_SUFFIXES
 from sjalign.errors import DataError
 
 SPLITS = ("all", "train", "test")
@@ -138,7 +139,7 @@ def load_text_dataset(path: str | os.PathLike, *, split: str = "all", max_states
     """
     p = Path(path)
     suffix = p.suffix.lower()
-    if suffix not in (".txt", ".csv"):
+    if suffix not in TEXT_SUFFIXES:
         raise DataError(f"{p}: text datasets are .txt or .csv files")
     if split not in SPLITS:
         raise DataError(f"{p}: unknown split '{split}' (use {', '.join(SPLITS)})")

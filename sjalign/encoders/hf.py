@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from sjalign.encoders.base import EncoderOptions, pool_tokens, prepare_images
-from sjalign.errors import SjalignError
 from sjalign.device import autocast, resolve_device
+from sjalign.errors import SjalignError
+from sjalign.io import PICKLE_SUFFIXES
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL resampling codes
 
 

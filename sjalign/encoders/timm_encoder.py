@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from sjalign.encoders.base import POOLINGS, EncoderOptions, pool_tokens, prepare_images
-from sjalign.errors import SjalignError
 from sjalign.device import autocast, resolve_device
+from sjalign.errors import FileFormatError, SjalignError
+from sjalign.io import PICKLE_SUFFIXES, read_safetensors
 
 RANDOM = "random"
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save zip archive; legacy pickle protocol 2+
@@ -62,21 +63,15 @@ def read_weights(path: Path, name: str = "") -> tuple[dict[str, torch.Tensor], d
     Raises:
         SjalignError: missing file, a pickle (``.pth``/``.bin``/``.pt``), or not safetensors.
     """
-    from safetensors import safe_open
-
     if not path.is_file():
         raise SjalignError(f"{path}: no such weights file")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises several types for a bad header
+        return read_safetensors(path, framework="pt")
+    except FileFormatError:
         # only now look at the first bytes: a safetensors header length may itself start with 0x80
-        if _is_pickle(path) or path.suffix.lower() in (".pth", ".pt", ".bin", ".pkl", ".ckpt"):
+        if _is_pickle(path) or path.suffix.lower() in PICKLE_SUFFIXES:
             raise _not_safetensors(path, name) from None
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SjalignError(f"{path}: not a valid safetensors file ({reason})") from None
-    return tensors, meta
+        raise
 
 
 def _key_list(keys: list[str], limit: int = 5) -> str:
@@ -159,7 +154,7 @@ def build_model(name: str, weights: str, *, where: str):
                 num_classes = cfg["num_classes"]
             file = weights_path / "model.safetensors"
             if not file.is_file():
-                pickles = [p.name for p in weights_path.glob("*") if p.suffix in (".bin", ".pth", ".pt")]
+                pickles = [p.name for p in weights_path.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES]
                 extra = f" (found {', '.join(pickles)}: pickle files are never loaded; use sjalign convert)" if pickles else ""
                 raise SjalignError(f"{weights_path}: no model.safetensors{extra}")
             weights_path = file

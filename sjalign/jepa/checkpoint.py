@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save as st_save
 
 from sjalign import __version__
 from sjalign.errors import FileFormatError, SjalignError
-from sjalign.io import atomic_write_bytes
+from sjalign.io import atomic_write_bytes, write_safetensors_torch
 from sjalign.io import read_safetensors as _read
 from sjalign.jepa.config import PretrainConfig
 from sjalign.jepa.vit import VisionTransformer
@@ -39,11 +38,6 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 TRAIN_STATE_FILE = "train_state.safetensors"
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
-
-
-def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
 
 
 def read_safetensors(path: str | os.PathLike, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -87,7 +81,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module, config: 
     path = Path(run_dir) / CHECKPOINT_FILE
     metadata = {"sjalign.format": CHECKPOINT_FORMAT, "config": config.to_json(), "objective": config.objective,
                 "epoch": str(epoch), "version": __version__}
-    _save_safetensors(path, dict(model.state_dict()), metadata)
+    write_safetensors_torch(path, dict(model.state_dict()), metadata, force=True)  # replaced every epoch
     return path
 
 
@@ -164,7 +158,7 @@ def save_train_state(run_dir: str | os.PathLike, optimizer: torch.optim.Optimize
                                  "cached_gaussian": float(np_gauss)}),
     }
     path = Path(run_dir) / TRAIN_STATE_FILE
-    _save_safetensors(path, tensors, metadata)
+    write_safetensors_torch(path, tensors, metadata, force=True)  # replaced every epoch
     return path
 
 

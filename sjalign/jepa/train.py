@@ -185,7 +185,7 @@ def pretrain(config: PretrainConfig, images: torch.Tensor, out_dir: str | Path, 
             loss_sum += loss.detach()
             if on_step is not None:
                 img_s = (i + 1) * batch_size / max(time.perf_counter() - t_epoch, 1e-9)
-                on_step(step, total_steps, loss.item(), img_s)
+                on_step(step, total_steps, loss.item(), img_s)  # the only per-step sync, and only with a listener
 
         seconds = time.perf_counter() - t_epoch
         seen_run += steps_per_epoch * batch_size
