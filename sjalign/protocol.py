@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from sjalign.align import AlignmentMap, accumulate, fit_map, shuffled_map
+from sjalign.align import AlignmentMap, Standardised, accumulate, fit_map, shuffled_map
 from sjalign.align.maps import solve_procrustes
 from sjalign.data.pairing import Pairs, random_split
 from sjalign.errors import SjalignError
@@ -104,7 +104,7 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
         null_map = shuffled_map(x_tr, y_tr, amap.train_state_ids, method=method, lam=lam, seed=seed + 1)
     null = score_map(null_map.W, null_map.standardise_a(x_te), null_map.standardise_b(y_te), **kw)
     null_r2 = null_r2_distribution(x_tr, y_tr, x_te, y_te, method=method, lam=lam, permutations=permutations,
-                                   seed=seed + 1)
+                                   seed=seed + 1, std=std)
     p_value = (1 + sum(v >= metrics["r2"] for v in null_r2)) / (1 + len(null_r2))
 
     zb_tr = (y_tr - std.b_mean) / std.b_std
@@ -133,15 +133,16 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
 
 
 def null_r2_distribution(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, *, method: str,
-                         lam: float, permutations: int, seed: int) -> list[float]:
+                         lam: float, permutations: int, seed: int, std: Standardised | None = None) -> list[float]:
     """Held-out R² of maps refitted on shuffled training pairs, one per permutation.
 
     Permuting target rows leaves the train statistics and C_aa unchanged, so for ridge and
     lstsq the test projection G = Ẑa_test (C_aa + λI)⁻¹ is computed once and each shuffle
     costs one product: P = G · Ẑa_trainᵀ Ẑb_train[perm] / n. Permutation ``i`` uses the
     generator seeded ``seed + i``, the same draw as :func:`sjalign.align.shuffled_map`.
+    ``std``: the train split's standardised moments, when the caller has them already.
     """
-    std = accumulate(x_tr, y_tr).standardised()
+    std = std if std is not None else accumulate(x_tr, y_tr).standardised()
     za_tr, zb_tr = (x_tr - std.a_mean) / std.a_std, (y_tr - std.b_mean) / std.b_std
     za_te, zb_te = (x_te - std.a_mean) / std.a_std, (y_te - std.b_mean) / std.b_std
     n = len(za_tr)
