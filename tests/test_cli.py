@@ -171,6 +171,21 @@ def test_single_sided_file_split_falls_back_to_seeded_split(runner, tmp_path):
     assert fit["n_test"] == 20 and "seeded" in fit["split"]
 
 
+def test_evaluate_sweeps_json(runner, planted):
+    a, b, *_ = planted
+    res = run(runner, "evaluate", a, b, "--json", "--permutations", "3", "--k", "5,10",
+              "--pair-budget", "20,100,480", "--pair-noise", "0,0.5")
+    assert res.exit_code == 0, res.stderr
+    ev = json.loads(res.stdout)
+    assert [r["n_train"] for r in ev["pair_budget"]] == [20, 100, 480]
+    assert [r["noise"] for r in ev["pair_noise"]] == [0.0, 0.5]
+    assert ev["pair_noise"][0]["metrics"]["r2"] > ev["pair_noise"][1]["metrics"]["r2"]
+    _single_error_line(run(runner, "evaluate", a, b, "--pair-budget", "10000"), "pair-budget")
+    _single_error_line(run(runner, "evaluate", a, b, "--pair-noise", "x"), "pair-noise")
+    res = run(runner, "evaluate", a, b, "--permutations", "3", "--k", "5,10", "--pair-budget", "50")
+    assert res.exit_code == 0 and "pair_budget sweep" in res.stderr
+
+
 def test_dsc_points_must_be_sensible(runner, planted):
     a, b, *_ = planted
     _single_error_line(run(runner, "evaluate", a, b, "--dsc-points", "-1"), "--dsc-points")

@@ -190,3 +190,45 @@ def test_null_r2_distribution_matches_bruteforce_refits(method, lam, shape):
     np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-4)
     assert len(set(np.round(fast, 8))) == perms  # distinct permutations, not one repeated
 
+
+
+# ---------------------------------------------------------------- sweeps (paper App. B)
+
+def _linear_pairs(n=400, d_a=10, d_b=6, noise=0.3, seed=7):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d_a))
+    y = x @ rng.normal(size=(d_a, d_b)) + noise * rng.normal(size=(n, d_b))
+    return Pairs(x.astype(np.float32), y.astype(np.float32), np.arange(n), None, None, 0, 0)
+
+
+def test_pair_budget_sweep_improves_with_pairs():
+    from sjalign.protocol import pair_budget_sweep
+
+    pairs = _linear_pairs()
+    split = choose_split(pairs, seed=0)
+    rows = pair_budget_sweep(pairs, split, (12, 40, 320), ks=(5,), lam=1e-3)
+    assert [r["n_train"] for r in rows] == [12, 40, 320]
+    r2s = [r["metrics"]["r2"] for r in rows]
+    assert r2s[0] < r2s[1] < r2s[2] and r2s[2] > 0.9
+    # near n = d_a the map is ill-conditioned, with many pairs it is not
+    assert rows[0]["metrics"]["kappa"] > rows[2]["metrics"]["kappa"]
+    # the last point uses the whole train split: the same as a plain fit
+    full = evaluate_pairs(pairs, split, fit_on_split(pairs, split), ks=(5,), permutations=1)
+    assert rows[2]["metrics"]["r2"] == pytest.approx(full["metrics"]["r2"], rel=1e-6)
+    with pytest.raises(SjalignError, match="pair-budget"):
+        pair_budget_sweep(pairs, split, (321,), ks=(5,))
+
+
+def test_pair_noise_sweep_degrades_with_mismatch():
+    from sjalign.protocol import pair_noise_sweep
+
+    pairs = _linear_pairs()
+    split = choose_split(pairs, seed=0)
+    rows = pair_noise_sweep(pairs, split, (0.0, 0.3, 1.0), ks=(5,))
+    assert [r["mismatched"] for r in rows] == [0, 96, 320]
+    r2s = [r["metrics"]["r2"] for r in rows]
+    assert r2s[0] > r2s[1] > r2s[2] and r2s[2] < 0.1
+    nos = [r["metrics"]["nos@5"] for r in rows]
+    assert nos[0] < nos[2]
+    with pytest.raises(SjalignError, match="pair-noise"):
+        pair_noise_sweep(pairs, split, (1.5,), ks=(5,))

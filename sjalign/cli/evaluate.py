@@ -31,6 +31,8 @@ class EvaluateConfig:
     ks: tuple[int, ...]
     permutations: int
     dsc_points: int
+    pair_budget: tuple[int, ...] | None
+    pair_noise: tuple[float, ...] | None
 
 
 def print_report(result: dict) -> None:
@@ -56,6 +58,35 @@ def print_report(result: dict) -> None:
         console.print(f"[yellow]warning:[/] {note}")
 
 
+def print_sweep(rows: list[dict], name: str, label: str) -> None:
+    """One table for a sweep: a row per setting, the headline metrics as columns."""
+    from rich.table import Table
+
+    keys = ("r2", "cka", "dsc", "nos@10", "retrieval@1", "kappa")
+    table = Table(title=f"{name} sweep (same test split; NOS@k lower is better)")
+    table.add_column(label, justify="right")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for row in rows:
+        table.add_row(f"{row[label]:g}", *(_fmt(row["metrics"].get(key)) for key in keys))
+    console.print(table)
+
+
+def parse_list(text: str | None, kind, option: str) -> tuple | None:
+    """'64,256' -> (64, 256) of ``kind``; None stays None."""
+    from sjalign.errors import SjalignError
+
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SjalignError(f"{option} '{text}': expected comma-separated {kind.__name__} values") from None
+    if not values:
+        raise SjalignError(f"{option} '{text}': give at least one value")
+    return values
+
+
 def _fmt(v) -> str:
     return "—" if v is None else f"{v:.4g}"
 
@@ -72,6 +103,8 @@ def evaluate_command(
     seed: SeedOpt = 0,
     permutations: Annotated[int, typer.Option("--permutations", help="Shuffled-pair refits for the R² p-value.")] = 99,
     dsc_points: Annotated[int, typer.Option("--dsc-points", help="At most this many test points for DSC.")] = 2000,
+    pair_budget: Annotated[str | None, typer.Option("--pair-budget", help="Sweep: refit on this many train pairs each (e.g. 64,256,1024), same test split.")] = None,
+    pair_noise: Annotated[str | None, typer.Option("--pair-noise", help="Sweep: refit with this fraction of train pairs mismatched (e.g. 0,0.1,0.3).")] = None,
     device: DeviceOpt = "auto",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON result to this file.")] = None,
     force: ForceOpt = False,
@@ -88,9 +121,11 @@ def evaluate_command(
     from sjalign.align import check_source, load_map
     from sjalign.errors import SjalignError
     from sjalign.io import atomic_write_bytes, check_output
-    from sjalign.protocol import choose_split, evaluate_pairs, fit_on_split
+    from sjalign.protocol import choose_split, evaluate_pairs, fit_on_split, pair_budget_sweep, pair_noise_sweep
 
     ks = parse_ks(k)
+    budgets = parse_list(pair_budget, int, "--pair-budget")
+    noises = parse_list(pair_noise, float, "--pair-noise")
     lam_value = parse_lambda(lam)
     if permutations < 1:
         raise SjalignError(f"--permutations must be at least 1, got {permutations}")
@@ -116,7 +151,13 @@ def evaluate_command(
     result = evaluate_pairs(pairs, split, amap, ks=ks, permutations=permutations, seed=seed, device=device,
                             dsc_points=dsc_points)
     config = EvaluateConfig(None if map_path is None else str(map_path), amap.method, amap.lam, test_fraction,
-                            seed, ks, permutations, dsc_points)
+                            seed, ks, permutations, dsc_points, budgets, noises)
+    sweep_kw = dict(method=amap.method if amap.method in ("ridge", "lstsq", "procrustes") else "ridge",
+                    lam=amap.lam, ks=ks, seed=seed, device=device, dsc_points=dsc_points)
+    if budgets:
+        result["pair_budget"] = pair_budget_sweep(pairs, split, budgets, **sweep_kw)
+    if noises:
+        result["pair_noise"] = pair_noise_sweep(pairs, split, noises, **sweep_kw)
     result = {**result, "direction": "a->b", "a": str(a_path), "b": str(b_path),
               "encoder_a": a.metadata.get("encoder"), "encoder_b": b.metadata.get("encoder"),
               "map": config.map, "method": amap.method, "lambda": amap.lam, "ks": list(ks),
@@ -127,3 +168,6 @@ def evaluate_command(
         emit_json(result)
     else:
         print_report(result)
+        for key, label in (("pair_budget", "n_train"), ("pair_noise", "noise")):
+            if key in result:
+                print_sweep(result[key], key, label)
