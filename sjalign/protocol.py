@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from sjalign.align import AlignmentMap, Standardised, accumulate, fit_map, shuffled_map
+from sjalign.align import AlignmentMap, Standardised, accumulate, fit_map, map_from_moments, shuffled_map
 from sjalign.align.maps import solve_procrustes
 from sjalign.data.pairing import Pairs, random_split
 from sjalign.errors import SjalignError
@@ -97,14 +97,13 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
     kw = dict(ks=ks, q=q, dsc_points=dsc_points, seed=seed, device=device)
     metrics = score_map(amap.W, za, zb, **kw)
 
-    lam = amap.lam if amap.method == "ridge" else 0.0
-    method = amap.method if amap.method in ("ridge", "lstsq", "procrustes") else "ridge"
+    refit = amap.refit_options()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        null_map = shuffled_map(x_tr, y_tr, amap.train_state_ids, method=method, lam=lam, seed=seed + 1)
+        null_map = shuffled_map(x_tr, y_tr, amap.train_state_ids, seed=seed + 1, **refit)
     null = score_map(null_map.W, null_map.standardise_a(x_te), null_map.standardise_b(y_te), **kw)
-    null_r2 = null_r2_distribution(x_tr, y_tr, x_te, y_te, method=method, lam=lam, permutations=permutations,
-                                   seed=seed + 1, std=std)
+    null_r2 = null_r2_distribution(x_tr, y_tr, x_te, y_te, permutations=permutations, seed=seed + 1, std=std,
+                                   **refit)
     p_value = (1 + sum(v >= metrics["r2"] for v in null_r2)) / (1 + len(null_r2))
 
     zb_tr = (y_tr - std.b_mean) / std.b_std
@@ -167,17 +166,17 @@ def null_r2_distribution(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y
 
 
 def _subset_fit_score(pairs: Pairs, train_idx: np.ndarray, y_train: np.ndarray, test: np.ndarray, *, method: str,
-                      lam: float | str, ks, seed: int, device, dsc_points: int) -> dict[str, float]:
+                      lam: float, ks, seed: int, device, dsc_points: int) -> dict[str, float]:
+    std = accumulate(pairs.x[train_idx], y_train).standardised()  # one pass serves the map and Q
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        amap = fit_map(pairs.x[train_idx], y_train, pairs.state_ids[train_idx], method=method, lam=lam, seed=seed)
+        amap = map_from_moments(std, pairs.state_ids[train_idx], method=method, lam=lam)
     x_te, y_te = pairs.x[test], pairs.y[test]
-    std = accumulate(pairs.x[train_idx], y_train).standardised()
     return score_map(amap.W, amap.standardise_a(x_te), amap.standardise_b(y_te), ks=ks,
                      q=solve_procrustes(std.c_ab), dsc_points=dsc_points, seed=seed, device=device)
 
 
-def pair_budget_sweep(pairs: Pairs, split: Split, budgets, *, method: str = "ridge", lam: float | str = 1e-3,
+def pair_budget_sweep(pairs: Pairs, split: Split, budgets, *, method: str = "ridge", lam: float = 1e-3,
                       ks=DEFAULT_KS, seed: int = 0, device="auto", dsc_points: int = 2000) -> list[dict]:
     """Metrics and κ(W) against the number of training pairs, on one fixed test split (paper App. B.1).
 
@@ -201,7 +200,7 @@ def pair_budget_sweep(pairs: Pairs, split: Split, budgets, *, method: str = "rid
             for b in budgets]
 
 
-def pair_noise_sweep(pairs: Pairs, split: Split, fractions, *, method: str = "ridge", lam: float | str = 1e-3,
+def pair_noise_sweep(pairs: Pairs, split: Split, fractions, *, method: str = "ridge", lam: float = 1e-3,
                      ks=DEFAULT_KS, seed: int = 0, device="auto", dsc_points: int = 2000) -> list[dict]:
     """Metrics and κ(W) when a fraction of training pairs is mismatched (paper App. B.2, Table 4).
 

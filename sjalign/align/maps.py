@@ -56,6 +56,15 @@ class AlignmentMap:
     def d_b(self) -> int:
         return int(self.W.shape[0])
 
+    def refit_options(self) -> dict:
+        """``method`` and ``lam`` to fit another map the same way (null, sweeps, reverse map).
+
+        A derived map (e.g. ``pinv(ridge)``) is refitted as ridge with its λ; lstsq and
+        Procrustes take λ = 0.
+        """
+        method = self.method if self.method in METHODS else "ridge"
+        return {"method": method, "lam": self.lam if method == "ridge" else 0.0}
+
     def standardise_a(self, x: np.ndarray) -> np.ndarray:
         """(n, d_a) raw source latents -> (n, d_a) standardised with train statistics."""
         return (x - self.a_mean) / self.a_std

@@ -152,8 +152,7 @@ def evaluate_command(
                             dsc_points=dsc_points)
     config = EvaluateConfig(None if map_path is None else str(map_path), amap.method, amap.lam, test_fraction,
                             seed, ks, permutations, dsc_points, budgets, noises)
-    sweep_kw = dict(method=amap.method if amap.method in ("ridge", "lstsq", "procrustes") else "ridge",
-                    lam=amap.lam, ks=ks, seed=seed, device=device, dsc_points=dsc_points)
+    sweep_kw = dict(**amap.refit_options(), ks=ks, seed=seed, device=device, dsc_points=dsc_points)
     if budgets:
         result["pair_budget"] = pair_budget_sweep(pairs, split, budgets, **sweep_kw)
     if noises:

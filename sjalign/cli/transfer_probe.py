@@ -31,7 +31,7 @@ def transfer_probe_command(
     """
     import numpy as np
 
-    from sjalign.align import METHODS, fit_map, load_map, map_direction, pseudo_inverse
+    from sjalign.align import fit_map, load_map, map_direction, pseudo_inverse
     from sjalign.io import PROBE_FORMAT, check_output, provenance, write_safetensors
     from sjalign.protocol import choose_split
     from sjalign.errors import SjalignError
@@ -55,7 +55,7 @@ def transfer_probe_command(
         m, how = pseudo_inverse(amap), "W⁺ of the A -> B map"
     else:
         m = fit_map(pairs.y[split.train], pairs.x[split.train], pairs.state_ids[split.train],
-                    method=amap.method if amap.method in METHODS else "ridge", lam=amap.lam)
+                    **amap.refit_options())
         how = f"a B -> A {m.method} map fitted on the map's train split"
     others = {"pinv": pseudo_inverse(amap)} if direction == "a->b" and reverse == "fit" else None
     result = transfer_probe(pairs, split.train, m, seed=seed, other_maps=others)
