@@ -102,6 +102,19 @@ def create_encoder(spec: str, options: EncoderOptions = EncoderOptions()) -> Enc
 POOLINGS = ("mean", "cls", "tokens")
 
 
+def check_pooling(pooling: str, *, num_prefix: int, where: str = "encoder") -> None:
+    """Refuse an unknown pooling, or ``cls`` for a model with no CLS token (``num_prefix`` < 1).
+
+    Raises:
+        SjalignError: one line naming the encoder and the problem.
+    """
+    if pooling not in POOLINGS:
+        raise SjalignError(f"{where}: unknown pooling '{pooling}' (use {', '.join(POOLINGS)})")
+    if pooling == "cls" and num_prefix < 1:
+        raise SjalignError(f"{where}: this model has no CLS token, so --pooling cls is not available "
+                           "(use --pooling mean)")
+
+
 def pool_tokens(tokens: torch.Tensor, pooling: str, *, num_prefix: int = 0, mask: torch.Tensor | None = None,
                 where: str = "encoder") -> torch.Tensor:
     """Turn token sequences into one vector per item.
@@ -120,12 +133,8 @@ def pool_tokens(tokens: torch.Tensor, pooling: str, *, num_prefix: int = 0, mask
     Raises:
         SjalignError: unknown pooling, or ``cls`` for a model without a CLS token.
     """
-    if pooling not in POOLINGS:
-        raise SjalignError(f"{where}: unknown pooling '{pooling}' (use {', '.join(POOLINGS)})")
+    check_pooling(pooling, num_prefix=num_prefix, where=where)
     if pooling == "cls":
-        if num_prefix < 1:
-            raise SjalignError(f"{where}: this model has no CLS token, so --pooling cls is not available "
-                               "(use --pooling mean)")
         return tokens[:, 0]
     if pooling == "tokens":
         return tokens.flatten(1)

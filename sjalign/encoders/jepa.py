@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from sjalign.encoders.base import EncoderOptions, pool_tokens
+from sjalign.encoders.base import EncoderOptions, check_pooling, pool_tokens
 from sjalign.errors import SjalignError
 from sjalign.device import autocast, resolve_device
 
@@ -35,7 +35,7 @@ class JepaEncoder:
 
         if not arg:
             raise SjalignError("encoder 'jepa' needs a run folder or checkpoint: jepa:PATH")
-        pool_tokens(torch.zeros(1, 1, 1), options.pooling, where=f"jepa:{arg}")  # refuse cls early
+        check_pooling(options.pooling, num_prefix=0, where=f"jepa:{arg}")  # this ViT has no CLS token
         model, config = load_encoder(arg)
         depth = len(model.blocks)
         if options.layer not in (None, "all") and not (isinstance(options.layer, int) and 1 <= options.layer <= depth):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from sjalign.encoders.base import POOLINGS, EncoderOptions, pool_tokens, prepare_images
+from sjalign.encoders.base import EncoderOptions, check_pooling, pool_tokens, prepare_images
 from sjalign.device import autocast, resolve_device
 from sjalign.errors import FileFormatError, SjalignError
 from sjalign.io import PICKLE_SUFFIXES, read_safetensors
@@ -240,13 +240,12 @@ class TimmEncoder:
         if not sep or not weights:
             raise SjalignError(f"{where}: give weights (nothing is downloaded): timm:NAME@FILE.safetensors, "
                                "timm:NAME@DIR (timm local-dir folder) or timm:NAME@random")
-        if options.pooling not in POOLINGS:
-            raise SjalignError(f"{where}: unknown pooling '{options.pooling}' (use {', '.join(POOLINGS)})")
+        check_pooling(options.pooling, num_prefix=1, where=where)  # cls is checked against the model below
         if options.dtype not in ("fp32", "bf16"):
             raise SjalignError(f"{where}: --dtype '{options.dtype}': use fp32 or bf16")
         model, name, weights = build_model(name, weights, where=where)
-        if options.pooling == "cls" and not int(getattr(model, "num_prefix_tokens", 0) or 0):
-            pool_tokens(torch.zeros(1, 1, 1), "cls", num_prefix=0, where=f"timm:{name}")  # raises
+        check_pooling(options.pooling, num_prefix=int(getattr(model, "num_prefix_tokens", 0) or 0),
+                      where=f"timm:{name}")
         return cls(model, name, weights, options)
 
     # -- helpers ---------------------------------------------------------------------------
