@@ -15,46 +15,170 @@ from sjalign.align import AlignmentMap, Standardised, accumulate, fit_map, map_f
 from sjalign.align.maps import solve_procrustes
 from sjalign.data.pairing import Pairs, random_split
 from sjalign.errors import SjalignError
+from sjalign.io import Latents
 from sjalign.metrics import DEFAULT_KS, effective_rank, r2, score_map
 
 LOW_RANK_FRACTION = 0.1
+# Which way each metric is better (SPEC §4); NOS@k and the effective ranks are handled in higher_is_better().
+_HIGHER = {"mse": False, "r2": True, "cka": True, "cka_raw": True, "dsc": True, "retrieval@1": True,
+           "procrustes_error": False, "kappa": False, "orth_dev": False}
+
+
+def higher_is_better(keys) -> dict[str, bool]:
+    """{metric: True if higher is better} for the metric names in ``keys`` (NOS@k: False; ranks: left out)."""
+    out = {}
+    for key in keys:
+        if key.startswith("nos@"):
+            out[key] = False
+        elif key in _HIGHER:
+            out[key] = _HIGHER[key]
+    return out
 
 
 @dataclass(frozen=True)
 class Split:
-    """Train/test masks over paired rows and how they were drawn."""
+    """Train/test masks over paired rows and how they were drawn.
+
+    Attributes:
+        train, test: (n,) bool masks over the rows of a :class:`Pairs` (disjoint; a shift split
+            leaves some rows in neither).
+        how: one human sentence.
+        kind: ``map`` (a map's train ids), ``file`` (the files' split tensor), ``seeded`` (by
+            state id), ``shift`` (fit on some classes, test on others) or ``in-distribution``.
+        seed, test_fraction: of a seeded draw (None otherwise).
+    """
 
     train: np.ndarray
     test: np.ndarray
     how: str
+    kind: str = "seeded"
+    seed: int | None = None
+    test_fraction: float | None = None
+
+    def describe(self) -> dict:
+        """The JSON form: kind, how, n_train, n_test, seed, test_fraction."""
+        return {"kind": self.kind, "how": self.how, "n_train": int(self.train.sum()), "n_test": int(self.test.sum()),
+                "seed": self.seed, "test_fraction": self.test_fraction}
 
 
 def choose_split(pairs: Pairs, *, test_fraction: float = 0.2, seed: int = 0,
-                 train_state_ids: np.ndarray | None = None) -> Split:
+                 train_state_ids: np.ndarray | None = None, use_file_split: bool = True) -> Split:
     """Train/test by state id: a map's recorded train ids, else the files' split, else a seeded draw.
 
     A files' split that holds only train (or only test) states, as ``embed --split train``
-    writes, cannot be used and gives way to the seeded draw.
+    writes, cannot be used and gives way to the seeded draw; so does any files' split when
+    ``use_file_split`` is False (``evaluate --resplit``).
 
     Raises:
         SjalignError: an empty side, or a map whose train ids are missing from the latents.
     """
+    kind, split_seed, fraction = "seeded", None, None
     if train_state_ids is not None:
         train = np.isin(pairs.state_ids, train_state_ids)
         missing = len(train_state_ids) - int(train.sum())
         if missing:
             raise SjalignError(f"{missing} of the map's {len(train_state_ids)} train state ids are missing "
                                "from the paired latents; the map was fitted on other data")
-        how = "the map's train state ids; test = the other shared ids"
-    elif pairs.split is not None and len(np.unique(pairs.split)) == 2:
+        how, kind = "the map's train state ids; test = the other shared ids", "map"
+    elif use_file_split and pairs.split is not None and len(np.unique(pairs.split)) == 2:
         train = pairs.split == 0
-        how = "the files' split tensor"
+        how, kind = "the files' split tensor", "file"
     else:
         train = random_split(pairs.state_ids, test_fraction, seed) == 0
         how = f"seeded by state id (seed {seed}, test fraction {test_fraction})"
+        split_seed, fraction = seed, test_fraction
     if train.all() or not train.any():
         raise SjalignError(f"the split ({how}) leaves no {'test' if train.all() else 'train'} pairs")
-    return Split(train, ~train, how)
+    return Split(train, ~train, how, kind, split_seed, fraction)
+
+
+@dataclass(frozen=True)
+class Shift:
+    """Fit on the states of some classes, test on the states of others (``evaluate --shift``).
+
+    Attributes:
+        train_classes: labels whose train-split states fit the map.
+        test_classes: labels whose test-split states score it; None = every other label present.
+    """
+
+    train_classes: tuple[int, ...]
+    test_classes: tuple[int, ...] | None = None
+
+
+def _classes(values) -> str:
+    return ",".join(str(int(v)) for v in values)
+
+
+def shift_split(pairs: Pairs, base: Split, shift: Shift, *, seed: int = 0) -> tuple[Split, Split]:
+    """The shifted split and its in-distribution reference on the same test states.
+
+    Train and test states still come from ``base`` (so no state is in both): the shifted
+    map fits on base-train states of ``train_classes``, the reference map on base-train
+    states of ``test_classes``; both score on base-test states of ``test_classes``. Both
+    fits use the same number of pairs, min(|pool_shift|, |pool_in|), a seeded subset of the
+    larger pool, so the two differ only in which classes they saw.
+
+    Returns:
+        (shift split, in-distribution split), sharing one test mask.
+
+    Raises:
+        SjalignError: no labels, a class that no state carries, or an empty subset.
+    """
+    if pairs.labels is None:
+        raise SjalignError("--shift selects states by class, but neither latents file carries a 'labels' tensor")
+    present = np.unique(pairs.labels)
+    train_cls = np.asarray(shift.train_classes, dtype=np.int64)
+    test_cls = (np.setdiff1d(present, train_cls) if shift.test_classes is None
+                else np.asarray(shift.test_classes, dtype=np.int64))
+    absent = np.setdiff1d(np.r_[train_cls, test_cls], present)
+    if len(absent):
+        raise SjalignError(f"--shift: class(es) {_classes(absent)} carried by no paired state "
+                           f"(labels present: {_classes(present)})")
+    if not len(test_cls):
+        raise SjalignError(f"--shift: no test classes left (train classes {_classes(train_cls)} are every label)")
+    pool_shift = base.train & np.isin(pairs.labels, train_cls)
+    pool_in = base.train & np.isin(pairs.labels, test_cls)
+    test = base.test & np.isin(pairs.labels, test_cls)
+    for name, mask, cls in (("train", pool_shift, train_cls), ("in-distribution train", pool_in, test_cls),
+                            ("test", test, test_cls)):
+        if mask.sum() < 2:
+            raise SjalignError(f"--shift: {int(mask.sum())} {name} state(s) of class(es) {_classes(cls)} "
+                               f"in the split ({base.how}); need at least 2")
+    n = int(min(pool_shift.sum(), pool_in.sum()))
+    rng = np.random.default_rng(seed)
+    masks = []
+    for pool in (pool_shift, pool_in):
+        chosen = np.zeros(len(pool), dtype=bool)
+        chosen[rng.permutation(np.flatnonzero(pool))[:n]] = True
+        masks.append(chosen)
+    what = f"{n} train pairs each, within {base.how}"
+    return (Split(masks[0], test, f"shift: fit on classes {_classes(train_cls)}, test on classes "
+                  f"{_classes(test_cls)} ({what})", "shift", base.seed, base.test_fraction),
+            Split(masks[1], test, f"in-distribution: fit and test on classes {_classes(test_cls)} ({what})",
+                  "in-distribution", base.seed, base.test_fraction))
+
+
+def transfer_split(split: Split, source: Pairs, target: Pairs, *, name: str = "control") -> tuple[Split, int]:
+    """The same train/test state ids on other paired latents (a control's), by state id.
+
+    Returns:
+        (split over ``target``'s rows, number of train ids ``target`` lacks).
+
+    Raises:
+        SjalignError: ``target`` lacks some test ids (its scores would not be comparable)
+            or every train id.
+    """
+    train_ids, test_ids = source.state_ids[split.train], source.state_ids[split.test]
+    test = np.isin(target.state_ids, test_ids)
+    missing = len(test_ids) - int(test.sum())
+    if missing:
+        raise SjalignError(f"{name}: {missing} of the {len(test_ids)} test state ids are missing from its latents; "
+                           "a control must cover the whole test split")
+    train = np.isin(target.state_ids, train_ids)
+    if train.sum() < 2:
+        raise SjalignError(f"{name}: holds {int(train.sum())} of the {len(train_ids)} train state ids; "
+                           "need at least 2 to fit its map")
+    return Split(train, test, split.how, split.kind, split.seed, split.test_fraction), len(train_ids) - int(train.sum())
 
 
 def fit_on_split(pairs: Pairs, split: Split, *, method: str = "ridge", lam: float | str = 1e-3,
@@ -64,8 +188,16 @@ def fit_on_split(pairs: Pairs, split: Split, *, method: str = "ridge", lam: floa
     return fit_map(pairs.x[tr], pairs.y[tr], pairs.state_ids[tr], method=method, lam=lam, seed=seed)
 
 
+def null_map(pairs: Pairs, split: Split, amap: AlignmentMap, *, seed: int = 0) -> AlignmentMap:
+    """The shuffled-pair null: ``amap``'s method and λ refitted on train pairs whose targets are permuted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return shuffled_map(pairs.x[split.train], pairs.y[split.train], amap.train_state_ids, seed=seed + 1,
+                            **amap.refit_options())
+
+
 def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT_KS, permutations: int = 99,
-                   seed: int = 0, device="auto", dsc_points: int = 2000) -> dict:
+                   seed: int = 0, device="auto", dsc_points: int = 2000, with_null: bool = True) -> dict:
     """Score ``amap`` on the test pairs beside the shuffled-pair null (SPEC §4).
 
     Args:
@@ -73,10 +205,12 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
         split: train/test masks; train statistics come from ``amap``.
         amap: the map to judge (fitted on ``split.train``).
         permutations: number of shuffled-pair refits for the R² permutation p-value.
+        with_null: False skips the null and the p-value (``null`` and ``r2_p_value`` are None),
+            for controls that are themselves judged against the main map's null.
 
     Returns:
         A dict in the JSON shape of SPEC §1: metrics, null, n_train, n_test, r2_p_value,
-        eff_rank_a, eff_rank_b, warnings.
+        permutations, split (its ``describe()``), warnings.
 
     Raises:
         SjalignError: map dimensions that do not fit the latents, or a k ≥ n_test.
@@ -97,14 +231,14 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
     kw = dict(ks=ks, q=q, dsc_points=dsc_points, seed=seed, device=device)
     metrics = score_map(amap.W, za, zb, **kw)
 
-    refit = amap.refit_options()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        null_map = shuffled_map(x_tr, y_tr, amap.train_state_ids, seed=seed + 1, **refit)
-    null = score_map(null_map.W, null_map.standardise_a(x_te), null_map.standardise_b(y_te), **kw)
-    null_r2 = null_r2_distribution(x_tr, y_tr, x_te, y_te, permutations=permutations, seed=seed + 1, std=std,
-                                   **refit)
-    p_value = (1 + sum(v >= metrics["r2"] for v in null_r2)) / (1 + len(null_r2))
+    null, p_value, n_perm = None, None, 0
+    if with_null:
+        nmap = null_map(pairs, split, amap, seed=seed)
+        null = score_map(nmap.W, nmap.standardise_a(x_te), nmap.standardise_b(y_te), **kw)
+        null_r2 = null_r2_distribution(x_tr, y_tr, x_te, y_te, permutations=permutations, seed=seed + 1, std=std,
+                                       **amap.refit_options())
+        p_value = (1 + sum(v >= metrics["r2"] for v in null_r2)) / (1 + len(null_r2))
+        n_perm = len(null_r2)
 
     zb_tr = (y_tr - std.b_mean) / std.b_std
     eff_a = effective_rank(std.c_aa)
@@ -118,15 +252,16 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
         if len(idx):
             notes.append(f"latents {side}: {len(idx)} constant feature(s) on the train split (std 0), left at 0")
     metrics.update(eff_rank_a=eff_a, eff_rank_b=eff_b)
-    null.update(eff_rank_a=eff_a, eff_rank_b=eff_b)
+    if null is not None:
+        null.update(eff_rank_a=eff_a, eff_rank_b=eff_b)
     return {
         "metrics": metrics,
         "null": null,
         "r2_p_value": p_value,
-        "permutations": len(null_r2),
+        "permutations": n_perm,
         "n_train": int(split.train.sum()),
         "n_test": n_test,
-        "split": split.how,
+        "split": split.describe(),
         "warnings": notes,
     }
 
@@ -227,3 +362,204 @@ def pair_noise_sweep(pairs: Pairs, split: Split, fractions, *, method: str = "ri
                     "metrics": _subset_fit_score(pairs, train_idx, y_train, split.test, method=method, lam=lam,
                                                  ks=ks, seed=seed, device=device, dsc_points=dsc_points)})
     return out
+
+
+# ---------------------------------------------------------------- runs over seeds and models, with controls
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How each run fits and scores (the options of ``sjalign evaluate``)."""
+
+    method: str = "ridge"
+    lam: float | str = 1e-3
+    ks: tuple[int, ...] = DEFAULT_KS
+    permutations: int = 99
+    dsc_points: int = 2000
+    device: str = "auto"
+    test_fraction: float = 0.2
+    use_file_split: bool = True
+
+
+@dataclass
+class Run:
+    """One fit + score: its JSON result and the objects a report draws from.
+
+    Attributes:
+        result: the :func:`evaluate_pairs` dict, plus ``split_seed``, ``model`` and, when asked,
+            ``control`` and ``in_distribution`` (each {"metrics", "n_train", "n_test", "warnings"}).
+        pairs, split, amap: the paired latents, the split and the map that was judged.
+        control: (pairs, split, map) of the random-init control, or None.
+    """
+
+    result: dict
+    pairs: Pairs
+    split: Split
+    amap: AlignmentMap
+    control: tuple[Pairs, Split, AlignmentMap] | None = None
+
+
+def run_once(pairs: Pairs, opts: EvalOptions, *, seed: int = 0, amap: AlignmentMap | None = None,
+             control: Pairs | None = None, shift: Shift | None = None, model: int = 0,
+             control_name: str = "control") -> Run:
+    """Split (seed ``seed``), fit unless ``amap`` is given, score beside the null; then the controls.
+
+    The random-init control (``control``: latents of untrained encoders, paired) is split on
+    the same state ids (:func:`transfer_split`) and fitted the same way (``amap.refit_options``).
+    With ``shift`` the map fits on some classes and scores on others, beside an in-distribution
+    map fitted on as many pairs of the test classes (:func:`shift_split`).
+
+    Raises:
+        SjalignError: from the split, the fit or the scoring (bad k, uncovered control, ...).
+    """
+    split = choose_split(pairs, test_fraction=opts.test_fraction, seed=seed, use_file_split=opts.use_file_split,
+                         train_state_ids=None if amap is None else amap.train_state_ids)
+    in_split = None
+    if shift is not None:
+        split, in_split = shift_split(pairs, split, shift, seed=seed)
+    if amap is None:
+        amap = fit_on_split(pairs, split, method=opts.method, lam=opts.lam, seed=seed)
+    kw = dict(ks=opts.ks, seed=seed, device=opts.device, dsc_points=opts.dsc_points)
+    result = evaluate_pairs(pairs, split, amap, permutations=opts.permutations, **kw)
+    result.update(split_seed=seed if split.seed is not None else None, model=model)
+    if in_split is not None:
+        in_map = fit_on_split(pairs, in_split, **amap.refit_options())
+        res = evaluate_pairs(pairs, in_split, in_map, with_null=False, **kw)
+        result["in_distribution"] = {key: res[key] for key in ("metrics", "n_train", "n_test", "split", "warnings")}
+    run = Run(result, pairs, split, amap)
+    if control is not None:
+        c_split, lacking = transfer_split(split, pairs, control, name=control_name)
+        c_map = fit_on_split(control, c_split, **amap.refit_options())
+        res = evaluate_pairs(control, c_split, c_map, with_null=False, **kw)
+        notes = [f"control: {n}" for n in res["warnings"]]
+        if lacking:
+            notes.append(f"control: {lacking} train state id(s) missing from its latents; its map used the other "
+                         f"{res['n_train']}")
+        result["control"] = {"metrics": res["metrics"], "n_train": res["n_train"], "n_test": res["n_test"],
+                             "warnings": notes}
+        run.control = (control, c_split, c_map)
+    return run
+
+
+def evaluate_runs(models: list[Pairs], opts: EvalOptions, *, seeds=(0,), amap: AlignmentMap | None = None,
+                  controls: list[Pairs] | None = None, shift: Shift | None = None,
+                  control_names: list[str] | None = None) -> list[Run]:
+    """One :func:`run_once` per model × split seed (``evaluate --seeds``, several files per side).
+
+    Args:
+        models: paired latents of each model seed (file i of A with file i of B).
+        seeds: split seeds; more than one needs a seeded split.
+        controls: one paired control for all models, or one per model.
+        control_names: how errors name each control (e.g. its two files).
+
+    Raises:
+        SjalignError: several seeds where the split is fixed (a map's ids or the files' split),
+            a map with several models, or a control count that fits neither rule.
+    """
+    seeds = tuple(dict.fromkeys(seeds))
+    if amap is not None and len(models) > 1:
+        raise SjalignError("--map belongs to one model pair; with several latents files per side, drop --map "
+                           "and let evaluate fit one map per model")
+    if len(seeds) > 1:
+        first = choose_split(models[0], test_fraction=opts.test_fraction, seed=seeds[0],
+                             use_file_split=opts.use_file_split,
+                             train_state_ids=None if amap is None else amap.train_state_ids)
+        if first.kind == "map":
+            raise SjalignError("--seeds: the map's train ids fix the split, so split seeds change nothing; "
+                               "drop --map to fit one map per split seed")
+        if first.kind == "file":
+            raise SjalignError("--seeds: the latents carry a fixed train/test split (their 'split' tensor), so "
+                               "split seeds change nothing; add --resplit to draw seeded splits by state id")
+    if controls is not None and len(controls) not in (1, len(models)):
+        raise SjalignError(f"{len(controls)} control latents files per side for {len(models)} models: give one, "
+                           f"or one per model")
+    runs = []
+    for i, pairs in enumerate(models):
+        j = i if controls is not None and len(controls) > 1 else 0
+        control = None if controls is None else controls[j]
+        name = control_names[j] if control_names else "control"
+        for seed in seeds:
+            runs.append(run_once(pairs, opts, seed=seed, amap=amap, control=control, shift=shift, model=i,
+                                 control_name=name))
+    return runs
+
+
+def mean_std(values) -> dict:
+    """{"mean", "std", "n"} of the finite values: sample std (ddof 1), 0 for one value; None when none."""
+    arr = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if not len(arr):
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": int(len(arr))}
+
+
+def summarise_runs(runs: list[Run]) -> dict:
+    """Mean ± std of every metric over runs, for the map, the null and each control present in all runs.
+
+    Returns:
+        {"runs", "split_seeds", "models", "std": how, "metrics"|"null"|"control"|"in_distribution":
+        {metric: {"mean", "std", "n"}}, "r2_p_value": {...}, "per_run": [{"split_seed", "model",
+        "n_train", "n_test", "r2_p_value", "metrics", ...}]}.
+    """
+    results = [r.result for r in runs]
+    sections = {"metrics": [r["metrics"] for r in results], "null": [r["null"] for r in results]}
+    for key in ("control", "in_distribution"):
+        if all(key in r for r in results):
+            sections[key] = [r[key]["metrics"] for r in results]
+    split_seeds = sorted({r["split_seed"] for r in results if r["split_seed"] is not None})
+    out = {"runs": len(results), "split_seeds": split_seeds,
+           "models": len({r["model"] for r in results}), "std": "sample standard deviation (ddof 1) over runs"}
+    for name, dicts in sections.items():
+        out[name] = {k: mean_std([d.get(k) for d in dicts]) for k in dicts[0]}
+    out["r2_p_value"] = mean_std([r["r2_p_value"] for r in results])
+    out["per_run"] = [{key: r[key] for key in ("split_seed", "model", "n_train", "n_test", "r2_p_value", "metrics",
+                                               "null")}
+                      | {key: r[key]["metrics"] for key in ("control", "in_distribution") if key in r}
+                      for r in results]
+    return out
+
+
+def default_budgets(n_train: int, *, points: int = 6, smallest: int = 32) -> tuple[int, ...]:
+    """Pair budgets for a report's curve: ``points`` geometric steps from min(smallest, n_train) to n_train."""
+    low = max(2, min(smallest, n_train))
+    return tuple(sorted({int(round(v)) for v in np.geomspace(low, n_train, points)}))
+
+
+def layerwise_cka(a: Latents, b: Latents, state_ids: np.ndarray, *, max_points: int = 1000,
+                  seed: int = 0) -> dict | None:
+    """Linear CKA between every layer of A and every layer of B on the states ``state_ids``.
+
+    Uses the Gram form CKA = ⟨K̃a, K̃b⟩_F / (‖K̃a‖_F ‖K̃b‖_F) with K̃ = X̃X̃ᵀ of column-centred
+    X̃ (equal to ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F), Kornblith et al. 2019, arXiv:1905.00414), over a
+    seeded subsample of at most ``max_points`` states; no map is needed (CKA is invariant to
+    orthogonal transforms and isotropic scaling).
+
+    Args:
+        a, b: latents files whose ``layers`` hold (n, d_l) tensors ``layer.NAME``.
+        state_ids: (m,) ids present in both files (e.g. the test split).
+
+    Returns:
+        {"layers_a": [...], "layers_b": [...], "cka": (L_a, L_b) nested list, "n": points}, or
+        None when either file carries no layers.
+    """
+    if not a.layers or not b.layers:
+        return None
+    ids = np.asarray(state_ids)
+    if len(ids) > max_points:
+        ids = np.sort(np.random.default_rng(seed).choice(ids, max_points, replace=False))
+
+    def grams(lat: Latents) -> tuple[list[str], list[np.ndarray]]:
+        order = np.argsort(lat.state_ids)
+        rows = order[np.searchsorted(lat.state_ids, ids, sorter=order)]
+        names = sorted(lat.layers, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
+        out = []
+        for name in names:
+            x = lat.layers[name][rows].astype(np.float64)
+            x -= x.mean(0)
+            k = x @ x.T  # (m, m)
+            norm = np.linalg.norm(k)
+            out.append(k / norm if norm > 0 else k * np.nan)
+        return names, out
+
+    names_a, ka = grams(a)
+    names_b, kb = grams(b)
+    cka = [[float(np.sum(x * y)) for y in kb] for x in ka]
+    return {"layers_a": names_a, "layers_b": names_b, "cka": cka, "n": int(len(ids))}

@@ -232,3 +232,161 @@ def test_pair_noise_sweep_degrades_with_mismatch():
     assert nos[0] < nos[2]
     with pytest.raises(SjalignError, match="pair-noise"):
         pair_noise_sweep(pairs, split, (1.5,), ks=(5,))
+
+
+# ---------------------------------------------------------------- shift, controls, seeds (issue 5)
+
+def _labelled_pairs(n=600, d_a=6, d_b=5, seed=3, shifted=True):
+    """Classes 0-2 follow one linear map, classes 3-5 another (when ``shifted``): a planted shift."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 6
+    x = rng.normal(size=(n, d_a))
+    w1, w2 = rng.normal(size=(d_a, d_b)), rng.normal(size=(d_a, d_b))
+    y = np.where((labels < 3)[:, None] | (not shifted), x @ w1, x @ w2) + 0.05 * rng.normal(size=(n, d_b))
+    return Pairs(x.astype(np.float32), y.astype(np.float32), np.arange(n, dtype=np.int64) * 3, labels, None, 0, 0)
+
+
+def test_shift_split_subsets_and_matched_sizes():
+    from sjalign.protocol import Shift, shift_split
+
+    pairs = _labelled_pairs()
+    base = choose_split(pairs, seed=0)
+    sh, inside = shift_split(pairs, base, Shift((0, 1, 2)), seed=0)
+    lab = pairs.labels
+    assert set(lab[sh.train]) == {0, 1, 2} and set(lab[inside.train]) == {3, 4, 5} == set(lab[sh.test])
+    np.testing.assert_array_equal(sh.test, inside.test)
+    np.testing.assert_array_equal(sh.test, base.test & (lab >= 3))
+    assert not (sh.train & sh.test).any() and not (inside.train & inside.test).any()
+    assert (sh.train <= base.train).all() and (inside.train <= base.train).all()
+    assert sh.train.sum() == inside.train.sum() == min((base.train & (lab < 3)).sum(), (base.train & (lab >= 3)).sum())
+    assert sh.kind == "shift" and "0,1,2" in sh.how and "3,4,5" in sh.how
+    no_labels = Pairs(pairs.x, pairs.y, pairs.state_ids, None, None, 0, 0)
+    with pytest.raises(SjalignError, match="labels"):
+        shift_split(no_labels, base, Shift((0,)))
+    with pytest.raises(SjalignError, match="class"):
+        shift_split(pairs, base, Shift((0,), (9,)))  # no state carries label 9
+    with pytest.raises(SjalignError, match="no test classes"):
+        shift_split(pairs, base, Shift(tuple(range(6))))
+    few = Pairs(pairs.x, pairs.y, pairs.state_ids, np.where(np.arange(600) == 5, 7, lab), None, 0, 0)
+    with pytest.raises(SjalignError, match="need at least 2"):  # class 7: one state, in train or test only
+        shift_split(few, base, Shift((0,), (7,)))
+
+
+def test_run_once_shift_is_worse_than_in_distribution_on_a_planted_shift():
+    from sjalign.protocol import EvalOptions, Shift, run_once
+
+    opts = EvalOptions(ks=(5,), permutations=3, device=CPU)
+    run = run_once(_labelled_pairs(), opts, shift=Shift((0, 1, 2), (3, 4, 5)))
+    res = run.result
+    assert res["in_distribution"]["metrics"]["r2"] > 0.95
+    assert res["metrics"]["r2"] < res["in_distribution"]["metrics"]["r2"] - 0.3
+    assert res["split"]["kind"] == "shift" and res["n_test"] == res["in_distribution"]["n_test"]
+    same = run_once(_labelled_pairs(shifted=False), opts, shift=Shift((0, 1, 2), (3, 4, 5))).result
+    assert same["metrics"]["r2"] > 0.95  # no shift planted: both maps are good
+
+
+def test_transfer_split_and_control_on_the_same_ids():
+    from sjalign.protocol import EvalOptions, run_once, transfer_split
+
+    pairs = _pairs(300)
+    split = choose_split(pairs, seed=0)
+    rng = np.random.default_rng(9)
+    # noise latents that cover the test split and 200 of the 240 train states, rows in another order
+    keep = rng.permutation(np.r_[pairs.state_ids[split.test], pairs.state_ids[split.train][:200]])
+    covered = Pairs(rng.normal(size=(len(keep), 8)).astype(np.float32),
+                    rng.normal(size=(len(keep), 6)).astype(np.float32), keep, None, None, 0, 0)
+    c_split, lacking = transfer_split(split, pairs, covered)
+    assert set(covered.state_ids[c_split.test]) == set(pairs.state_ids[split.test])
+    assert set(covered.state_ids[c_split.train]) <= set(pairs.state_ids[split.train])
+    assert lacking == 40 and c_split.train.sum() == 200
+    drop = pairs.state_ids[split.test][:3]
+    partial = Pairs(pairs.x, pairs.y, np.where(np.isin(pairs.state_ids, drop), -pairs.state_ids - 1,
+                                               pairs.state_ids), None, None, 0, 0)
+    with pytest.raises(SjalignError, match="ctl.safetensors: 3 of the 60 test .* cover the whole test split"):
+        transfer_split(split, pairs, partial, name="ctl.safetensors")
+    # the control is fitted the same way and judged on the same states; noise latents score near 0
+    run = run_once(pairs, EvalOptions(ks=(5,), permutations=3, device=CPU), control=covered)
+    res = run.result
+    assert res["metrics"]["r2"] > 0.9 and res["control"]["metrics"]["r2"] < 0.2
+    assert res["control"]["n_test"] == res["n_test"] and any("missing" in w for w in res["control"]["warnings"])
+    np.testing.assert_array_equal(np.sort(run.control[2].train_state_ids),
+                                  np.sort(covered.state_ids[run.control[1].train]))
+
+
+def test_evaluate_runs_mean_std_over_seeds_and_models():
+    from sjalign.protocol import EvalOptions, evaluate_runs, summarise_runs
+
+    opts = EvalOptions(ks=(5,), permutations=3, device=CPU)
+    models = [_pairs(200, seed=0, noise=0.5), _pairs(200, seed=1, noise=0.5)]
+    runs = evaluate_runs(models, opts, seeds=(0, 1, 2))
+    assert [(r.result["model"], r.result["split_seed"]) for r in runs] == [(m, s) for m in (0, 1) for s in (0, 1, 2)]
+    test_sets = {tuple(r.pairs.state_ids[r.split.test]) for r in runs[:3]}
+    assert len(test_sets) == 3  # each split seed draws another test set
+    summary = summarise_runs(runs)
+    r2s = np.array([r.result["metrics"]["r2"] for r in runs])
+    assert summary["metrics"]["r2"]["mean"] == pytest.approx(r2s.mean())
+    assert summary["metrics"]["r2"]["std"] == pytest.approx(r2s.std(ddof=1)) and summary["metrics"]["r2"]["n"] == 6
+    assert summary["null"]["r2"]["n"] == 6 and summary["runs"] == 6 and summary["models"] == 2
+    assert summary["split_seeds"] == [0, 1, 2] and len(summary["per_run"]) == 6
+    # a fixed split makes split seeds meaningless; so does a map's train ids
+    file_split = np.zeros(200, dtype=np.uint8)
+    file_split[::5] = 1
+    fixed = Pairs(models[0].x, models[0].y, models[0].state_ids, None, file_split, 0, 0)
+    with pytest.raises(SjalignError, match="--resplit"):
+        evaluate_runs([fixed], opts, seeds=(0, 1))
+    resplit = evaluate_runs([fixed], EvalOptions(ks=(5,), permutations=3, device=CPU, use_file_split=False),
+                            seeds=(0, 1))
+    assert [r.split.kind for r in resplit] == ["seeded", "seeded"]
+    amap = fit_on_split(fixed, choose_split(fixed))
+    with pytest.raises(SjalignError, match="drop --map"):
+        evaluate_runs([fixed], opts, seeds=(0, 1), amap=amap)
+    with pytest.raises(SjalignError, match="--map"):
+        evaluate_runs(models, opts, amap=amap)
+    with pytest.raises(SjalignError, match="control"):
+        evaluate_runs(models, opts, controls=[models[0]] * 3)
+
+
+def test_mean_std_and_directions():
+    from sjalign.protocol import higher_is_better, mean_std
+
+    assert mean_std([1.0, 3.0, None, float("nan")]) == {"mean": 2.0, "std": pytest.approx(np.sqrt(2)), "n": 2}
+    assert mean_std([5.0]) == {"mean": 5.0, "std": 0.0, "n": 1}
+    assert mean_std([]) == {"mean": None, "std": None, "n": 0}
+    hib = higher_is_better(["r2", "nos@10", "kappa", "retrieval@1", "eff_rank_a", "mse"])
+    assert hib == {"r2": True, "nos@10": False, "kappa": False, "retrieval@1": True, "mse": False}
+
+
+def test_layerwise_cka_matches_linear_cka_and_finds_planted_layers():
+    from sjalign.io import Latents
+    from sjalign.metrics import linear_cka
+    from sjalign.protocol import layerwise_cka
+
+    rng = np.random.default_rng(4)
+    n = 150
+    base = [rng.normal(size=(n, 5)) for _ in range(3)]
+    ids = np.arange(n, dtype=np.int64) + 100
+    layers_a = {str(i): b.astype(np.float32) for i, b in enumerate(base)}
+    q = ortho_group_matrix(5, rng)
+    # B's layer i = A's layer i rotated and scaled, rows stored in another order
+    order = rng.permutation(n)
+    layers_b = {str(i): (2.0 * base[i] @ q)[order].astype(np.float32) for i in range(3)}
+    layers_b["10"] = rng.normal(size=(n, 4)).astype(np.float32)[order]
+    a = Latents(base[0].astype(np.float32), ids, layers=layers_a)
+    b = Latents(layers_b["0"], ids[order], layers=layers_b)
+    out = layerwise_cka(a, b, ids[10:], max_points=1000)
+    assert out["layers_a"] == ["0", "1", "2"] and out["layers_b"] == ["0", "1", "2", "10"]  # numeric order
+    m = np.array(out["cka"])
+    np.testing.assert_allclose(np.diag(m[:, :3]), 1.0, atol=1e-10)
+    pos = {s: i for i, s in enumerate(ids[order])}
+    rows_b = np.array([pos[s] for s in ids[10:]])
+    ref = linear_cka(layers_a["1"][10:], layers_b["10"][rows_b])
+    assert m[1, 3] == pytest.approx(ref, rel=1e-5)
+    assert m[0, 1] < 0.5
+    sub = layerwise_cka(a, b, ids, max_points=40, seed=1)
+    assert sub["n"] == 40
+    assert layerwise_cka(Latents(base[0], ids), b, ids) is None
+
+
+def ortho_group_matrix(d, rng):
+    q, r = np.linalg.qr(rng.normal(size=(d, d)))
+    return q * np.sign(np.diag(r))

@@ -27,6 +27,14 @@ DataDirOpt = Annotated[
     typer.Option("--data-dir", help="Folder of the dataset files (default: $SJALIGN_DATA, then system locations)."),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")]
+ClassesOpt = Annotated[str | None, typer.Option(
+    "--classes", help="Keep only these classes: labels or class names, comma-separated (e.g. 0,3,7 or cat,dog).")]
+ImageSizeOpt = Annotated[int | None, typer.Option(
+    "--image-size", help="Resize every image to N x N (shorter side to N, centre crop). [default: the dataset's "
+                         "native size (Fashion-MNIST 28, smallNORB 96); 96 for image folders and manifests; "
+                         "embed with jepa:RUN: the run's size]")]
+NumWorkersOpt = Annotated[int, typer.Option(
+    "--num-workers", help="DataLoader worker processes reading images (0 = read in the main process).")]
 
 
 def debug() -> bool:
@@ -129,3 +137,27 @@ def parse_lambda(text: str) -> float | str:
     if not value >= 0 or not math.isfinite(value):
         raise SjalignError(f"--lambda {text}: must be a finite number >= 0")
     return value
+
+
+def parse_latents_list(text: str | Path, what: str = "latents") -> list[Path]:
+    """'a.safetensors,b.safetensors' -> [Path, Path]: a comma-separated list of existing files.
+
+    In ``fit-map`` the files of one side are shards of one latent set; in ``evaluate`` they are
+    models of different seeds (file i of A pairs with file i of B).
+
+    Raises:
+        SjalignError: an empty entry, a file listed twice, or a file that does not exist.
+    """
+    parts = [p.strip() for p in str(text).split(",")]
+    if not parts or any(not p for p in parts):
+        raise SjalignError(f"{what} '{text}': expected one file or comma-separated files, with no empty entry")
+    paths = [Path(p) for p in parts]
+    seen: set[Path] = set()
+    for path in paths:
+        if not path.is_file():
+            raise SjalignError(f"{path}: no such file")
+        key = path.resolve()
+        if key in seen:
+            raise SjalignError(f"{path}: listed twice in {what} '{text}'")
+        seen.add(key)
+    return paths

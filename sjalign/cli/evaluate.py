@@ -1,22 +1,27 @@
-"""sjalign evaluate A B [--map MAP]: held-out metrics of a map beside the shuffled-pair null."""
+"""sjalign evaluate A B [--map MAP]: held-out metrics of a map beside the null and the controls."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from sjalign.cli.common import (
-    DeviceOpt, ForceOpt, JsonOpt, SeedOpt, cli_command, console, emit_json, parse_ks, parse_lambda, to_json,
+    DeviceOpt, ForceOpt, JsonOpt, SeedOpt, cli_command, console, emit_json, parse_ks, parse_lambda,
+    parse_latents_list, to_json,
 )
-from sjalign.cli.fit_map import LambdaOpt, MethodOpt, TestFracOpt, load_pairs
+from sjalign.cli.fit_map import LambdaOpt, MethodOpt, TestFracOpt
+from sjalign.errors import SjalignError
 
-METRIC_ORDER = ("r2", "cka", "cka_raw", "dsc", "mse", "retrieval@1", "procrustes_error", "kappa", "orth_dev",
-                "eff_rank_a", "eff_rank_b")
-DIRECTION = {"r2": "↑", "cka": "↑", "cka_raw": "↑", "dsc": "↑", "mse": "↓", "retrieval@1": "↑",
-             "procrustes_error": "↓", "kappa": "↓ (1 = isometry)", "orth_dev": "↓", "eff_rank_a": "", "eff_rank_b": ""}
+SWEEP_KEYS = ("r2", "cka", "dsc", "nos@10", "retrieval@1", "kappa")
+
+SHIFT_HELP = ("Distribution shift: fit on the train states of some classes, test on the test states of others, "
+              "beside an in-distribution map fitted on as many states of the test classes. Syntax "
+              "'train-classes=LIST[,test-classes=LIST]', LIST = labels and ranges, e.g. "
+              "'train-classes=0-4,test-classes=5-9' or 'train-classes=0,2,4' (test: every other label).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,54 +33,21 @@ class EvaluateConfig:
     lam: float | str
     test_fraction: float
     seed: int
+    seeds: tuple[int, ...]
+    resplit: bool
     ks: tuple[int, ...]
     permutations: int
     dsc_points: int
     pair_budget: tuple[int, ...] | None
     pair_noise: tuple[float, ...] | None
-
-
-def print_report(result: dict) -> None:
-    """The human table on stderr: each metric, the null beside it, and which way is better."""
-    from rich.table import Table
-
-    m, null = result["metrics"], result["null"]
-    table = Table(title=f"{result['a']}  →  {result['b']}   (A mapped onto B; held-out test pairs)")
-    table.add_column("metric")
-    table.add_column("map", justify="right")
-    table.add_column("shuffled-pair null", justify="right")
-    table.add_column("better")
-    keys = [k for k in METRIC_ORDER if k in m and not k.startswith("nos")]
-    keys[4:4] = [k for k in m if k.startswith("nos@")]
-    for k in keys:
-        table.add_row(k, _fmt(m[k]), _fmt(null.get(k)), DIRECTION.get(k, "↓" if k.startswith("nos@") else ""))
-    console.print(table)
-    console.print(f"n_train = {result['n_train']}, n_test = {result['n_test']}; split: {result['split']}; "
-                  f"map: {result['method']} (λ = {result['lambda']:g}); R² permutation p = "
-                  f"{result['r2_p_value']:.3g} ({result['permutations']} shuffles). NOS@k: lower is better; "
-                  f"retrieval@1 chance = {1 / result['n_test']:.2g}.")
-    for note in result["warnings"]:
-        console.print(f"[yellow]warning:[/] {note}")
-
-
-def print_sweep(rows: list[dict], name: str, label: str) -> None:
-    """One table for a sweep: a row per setting, the headline metrics as columns."""
-    from rich.table import Table
-
-    keys = ("r2", "cka", "dsc", "nos@10", "retrieval@1", "kappa")
-    table = Table(title=f"{name} sweep (same test split; NOS@k lower is better)")
-    table.add_column(label, justify="right")
-    for key in keys:
-        table.add_column(key, justify="right")
-    for row in rows:
-        table.add_row(f"{row[label]:g}", *(_fmt(row["metrics"].get(key)) for key in keys))
-    console.print(table)
+    shift: dict | None
+    control_a: tuple[str, ...] | None
+    control_b: tuple[str, ...] | None
+    report: str | None
 
 
 def parse_list(text: str | None, kind, option: str) -> tuple | None:
     """'64,256' -> (64, 256) of ``kind``; None stays None."""
-    from sjalign.errors import SjalignError
-
     if text is None:
         return None
     try:
@@ -87,80 +59,272 @@ def parse_list(text: str | None, kind, option: str) -> tuple | None:
     return values
 
 
-def _fmt(v) -> str:
-    return "—" if v is None else f"{v:.4g}"
+def parse_shift(text: str):
+    """'train-classes=0-4,test-classes=5-9' -> Shift((0..4), (5..9)); see SHIFT_HELP.
+
+    Raises:
+        SjalignError: unknown key, no train classes, a bad number or range, classes on both sides.
+    """
+    from sjalign.protocol import Shift
+
+    values: dict[str, list[int]] = {}
+    key = None
+    for token in (t.strip() for t in text.split(",")):
+        if "=" in token:
+            key, token = (s.strip() for s in token.split("=", 1))
+            if key not in ("train-classes", "test-classes") or key in values:
+                raise SjalignError(f"--shift '{text}': unknown or repeated key '{key}' (use train-classes=, "
+                                   "test-classes=)")
+            values[key] = []
+        if key is None or not token:
+            raise SjalignError(f"--shift '{text}': expected train-classes=LIST[,test-classes=LIST], e.g. "
+                               "train-classes=0-4,test-classes=5-9")
+        try:
+            lo, _, hi = token.partition("-")
+            lo_i, hi_i = int(lo), int(hi) if hi else int(lo)
+        except ValueError:
+            raise SjalignError(f"--shift '{text}': '{token}' is neither a class label nor a range like 0-4") from None
+        if hi_i < lo_i:
+            raise SjalignError(f"--shift '{text}': empty range '{token}'")
+        values[key].extend(range(lo_i, hi_i + 1))
+    if "train-classes" not in values:
+        raise SjalignError(f"--shift '{text}': give train-classes=LIST")
+    train = tuple(sorted(set(values["train-classes"])))
+    test = tuple(sorted(set(values["test-classes"]))) if "test-classes" in values else None
+    if test is not None and set(train) & set(test):
+        raise SjalignError(f"--shift '{text}': class(es) {sorted(set(train) & set(test))} on both sides")
+    return Shift(train, test)
+
+
+def load_model_pairs(a_paths: list[Path], b_paths: list[Path]):
+    """Read file i of A and file i of B and pair them by state id; returns ([Latents A], [Latents B], [Pairs])."""
+    from sjalign.data.pairing import pair_by_state_id
+    from sjalign.io import load_latents
+
+    if len(a_paths) != len(b_paths):
+        raise SjalignError(f"{len(a_paths)} latents file(s) for A but {len(b_paths)} for B; several files per side "
+                           "are models of different seeds, file i of A paired with file i of B")
+    lat_a, lat_b, pairs = [], [], []
+    for a_path, b_path in zip(a_paths, b_paths):
+        a, b = load_latents(a_path), load_latents(b_path)
+        p = pair_by_state_id(a, b)
+        if p.dropped_a or p.dropped_b:
+            console.print(f"[yellow]note:[/] paired {len(p.state_ids)} states by id; dropped {p.dropped_a} ids only "
+                          f"in {a_path} and {p.dropped_b} only in {b_path}")
+        lat_a.append(a)
+        lat_b.append(b)
+        pairs.append(p)
+    return lat_a, lat_b, pairs
+
+
+def print_report(result: dict) -> None:
+    """The human table on stderr: each metric beside the null and the controls, with its direction."""
+    from rich.table import Table
+
+    from sjalign.report.tables import convention_lines, metric_table
+
+    header, rows = metric_table(result, short=True)
+    runs = f"; mean ± std over {result['seeds']['runs']} runs" if "seeds" in result else ""
+    table = Table(title=f"A → B: A mapped onto B's space (held-out test pairs{runs})")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="right" if i else "left", no_wrap=not i)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for line in convention_lines(result):
+        console.print(line)
+    if "shift" in result:
+        sh = result["shift"]
+        console.print(f"Shift: fitted on classes {sh['train_classes']}, tested on classes {sh['test_classes']}; "
+                      f"the in-distribution map is fitted on {sh['in_distribution_n_train']} states of the test "
+                      "classes (same number of pairs).")
+    if "control" in result:
+        console.print(f"Control: {', '.join(result['control']['a'])} → {', '.join(result['control']['b'])}, "
+                      "fitted and scored on the same state ids.")
+    for note in result["warnings"]:
+        console.print(f"[yellow]warning:[/] {note}")
+
+
+def print_sweep(rows: list[dict], name: str, label: str) -> None:
+    """One table for a sweep: a row per setting, the headline metrics (with directions) as columns."""
+    from rich.table import Table
+
+    from sjalign.report.tables import better, fmt
+
+    keys = [k for k in SWEEP_KEYS if k in rows[0]["metrics"]]
+    table = Table(title=f"{name} sweep, A → B (same test split; ↑ higher / ↓ lower is better)")
+    table.add_column(label, justify="right")
+    for key in keys:
+        table.add_column(f"{key} {better(key)}", justify="right")
+    for row in rows:
+        table.add_row(f"{row[label]:g}", *(fmt(row["metrics"].get(key)) for key in keys))
+    console.print(table)
+
+
+def assemble_result(runs, *, a_paths, b_paths, lat_a, lat_b, config: EvaluateConfig, control_paths) -> dict:
+    """The JSON result: the first run's keys (SPEC §1), plus mean ± std when there are several runs."""
+    from sjalign.protocol import higher_is_better, summarise_runs
+
+    first = runs[0]
+    result = dict(first.result)
+    if len(runs) > 1:
+        summary = summarise_runs(runs)
+        result["seeds"] = summary
+        # several runs: the headline numbers are means; per-run values are in seeds.per_run
+        result["metrics"] = {k: v["mean"] for k, v in summary["metrics"].items()}
+        result["null"] = {k: v["mean"] for k, v in summary["null"].items()}
+        result["r2_p_value"] = max(r.result["r2_p_value"] for r in runs)  # the most conservative run
+        for key in ("control", "in_distribution"):
+            if key in summary:
+                result[key] = {**result[key], "metrics": {k: v["mean"] for k, v in summary[key].items()}}
+        result["warnings"] = list(dict.fromkeys(w for r in runs for w in r.result["warnings"]))
+    if "control" in result:
+        result["control"] = {**result["control"], "a": [str(p) for p in control_paths[0]],
+                             "b": [str(p) for p in control_paths[1]]}
+        result["warnings"] = result["warnings"] + [w for w in result["control"]["warnings"]
+                                                   if w not in result["warnings"]]
+    amap = first.amap
+    result.update({
+        "direction": "a->b", "mapped": "A onto B's space: z_b ≈ W z_a, W (d_b, d_a)",
+        "a": ",".join(map(str, a_paths)), "b": ",".join(map(str, b_paths)), "d_a": amap.d_a, "d_b": amap.d_b,
+        "encoder_a": lat_a[0].metadata.get("encoder"), "encoder_b": lat_b[0].metadata.get("encoder"),
+        "map": config.map, "method": amap.method, "lambda": amap.lam, "ks": list(config.ks),
+        "higher_is_better": higher_is_better(result["metrics"]),
+        "dropped": {"a": first.pairs.dropped_a, "b": first.pairs.dropped_b},
+        "config": dataclasses.asdict(config),
+    })
+    if config.shift is not None:
+        inside = first.result["in_distribution"]
+        result["shift"] = {"train_classes": list(config.shift["train_classes"]),
+                           "test_classes": sorted({int(c) for c in first.pairs.labels[first.split.test]}),
+                           "in_distribution_n_train": inside["n_train"]}
+    return result
 
 
 @cli_command
 def evaluate_command(
-    a_path: Annotated[Path, typer.Argument(metavar="A", help="Source latents (.safetensors).")],
-    b_path: Annotated[Path, typer.Argument(metavar="B", help="Target latents (.safetensors).")],
+    a_arg: Annotated[str, typer.Argument(metavar="A", help="Source latents (.safetensors); several comma-separated files = models of different seeds, file i paired with file i of B.")],
+    b_arg: Annotated[str, typer.Argument(metavar="B", help="Target latents (.safetensors), as many files as A.")],
     map_path: Annotated[Path | None, typer.Option("--map", help="Map file from fit-map; without it a map is fitted on the train split.")] = None,
     k: Annotated[str, typer.Option("--k", help="Neighbourhood sizes for NOS@k, comma-separated.")] = "1,5,10,20,50",
     method: MethodOpt = "ridge",
     lam: LambdaOpt = "1e-3",
     test_fraction: TestFracOpt = 0.2,
     seed: SeedOpt = 0,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Split seeds, e.g. 0,1,2,3,4: fit and score once per seed (and per model), report mean ± std; latents that carry a split need --resplit.")] = None,
+    resplit: Annotated[bool, typer.Option("--resplit", help="Draw a seeded split by state id even when the files carry a split.")] = False,
+    shift: Annotated[str | None, typer.Option("--shift", help=SHIFT_HELP)] = None,
+    control_a: Annotated[str | None, typer.Option("--control-a", help="Random-init control: latents of an untrained encoder of A's architecture (needs --control-b).")] = None,
+    control_b: Annotated[str | None, typer.Option("--control-b", help="Random-init control for B; fitted and scored on the same state ids.")] = None,
     permutations: Annotated[int, typer.Option("--permutations", help="Shuffled-pair refits for the R² p-value.")] = 99,
     dsc_points: Annotated[int, typer.Option("--dsc-points", help="At most this many test points for DSC.")] = 2000,
     pair_budget: Annotated[str | None, typer.Option("--pair-budget", help="Sweep: refit on this many train pairs each (e.g. 64,256,1024), same test split.")] = None,
     pair_noise: Annotated[str | None, typer.Option("--pair-noise", help="Sweep: refit with this fraction of train pairs mismatched (e.g. 0,0.1,0.3).")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write PNG pictures and a self-contained index.html into this new folder.", file_okay=False)] = None,
     device: DeviceOpt = "auto",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON result to this file.")] = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Score A → B on held-out states: R², CKA, DSC, NOS@k, retrieval@1, Procrustes error, κ(W), beside the null.
+    """Score A → B (A mapped onto B's space) on held-out states: R², CKA, DSC, NOS@k, retrieval@1, κ(W), ...
+    beside the shuffled-pair null, a permutation p-value for R² and, when given, a random-init control.
 
     Examples:
 
       sjalign evaluate a.safetensors b.safetensors --map a2b.safetensors
 
       sjalign evaluate a.safetensors b.safetensors --json --k 1,10 > metrics.json
+
+      sjalign evaluate a.safetensors b.safetensors --seeds 0,1,2,3,4 --resplit --control-a a0.safetensors --control-b b0.safetensors
+
+      sjalign evaluate a_s0.safetensors,a_s1.safetensors b_s0.safetensors,b_s1.safetensors   # two model seeds
+
+      sjalign evaluate a.safetensors b.safetensors --shift train-classes=0-4,test-classes=5-9
+
+      sjalign evaluate a.safetensors b.safetensors --pair-budget 64,256,1024 --report report_dir
     """
     from sjalign.align import check_source, load_map
-    from sjalign.errors import SjalignError
     from sjalign.io import atomic_write_bytes, check_output
-    from sjalign.protocol import choose_split, evaluate_pairs, fit_on_split, pair_budget_sweep, pair_noise_sweep
+    from sjalign.protocol import (
+        EvalOptions, choose_split, default_budgets, evaluate_runs, layerwise_cka, pair_budget_sweep, pair_noise_sweep,
+    )
 
     ks = parse_ks(k)
     budgets = parse_list(pair_budget, int, "--pair-budget")
     noises = parse_list(pair_noise, float, "--pair-noise")
+    split_seeds = parse_list(seeds, int, "--seeds") or (seed,)
+    shift_spec = None if shift is None else parse_shift(shift)
     lam_value = parse_lambda(lam)
     if permutations < 1:
         raise SjalignError(f"--permutations must be at least 1, got {permutations}")
     if dsc_points < 3:
         raise SjalignError(f"--dsc-points must be at least 3, got {dsc_points}")
+    if (control_a is None) != (control_b is None):
+        raise SjalignError("--control-a and --control-b go together: give the random-init latents of both sides")
+    if shift_spec is not None and map_path is not None:
+        raise SjalignError(f"{map_path}: --shift fits its own maps on the shift's train classes; drop --map")
+    a_paths, b_paths = parse_latents_list(a_arg, "A"), parse_latents_list(b_arg, "B")
+    c_paths = None
+    if control_a is not None:
+        c_paths = (parse_latents_list(control_a, "--control-a"), parse_latents_list(control_b, "--control-b"))
     if output is not None:
         check_output(output, force)
+    if report is not None:
+        from sjalign.report import check_report_dir
+
+        check_report_dir(report, force)
     amap = None
     if map_path is not None:
         amap, map_meta = load_map(map_path)
-        check_source(map_meta, map_path, a_path)
-    a, b, pairs = load_pairs(a_path, b_path)
-    if amap is not None and (amap.d_a != a.dim or amap.d_b != b.dim):
-        raise SjalignError(f"{map_path}: map is {amap.d_a} -> {amap.d_b} but the latents are "
-                           f"{a.dim} ({a_path}) -> {b.dim} ({b_path})")
-    try:
-        split = choose_split(pairs, test_fraction=test_fraction, seed=seed,
-                             train_state_ids=None if amap is None else amap.train_state_ids)
-    except SjalignError as exc:
-        raise SjalignError(f"{map_path}: {exc}" if map_path else str(exc)) from None
-    if amap is None:
-        amap = fit_on_split(pairs, split, method=method, lam=lam_value, seed=seed)
-    result = evaluate_pairs(pairs, split, amap, ks=ks, permutations=permutations, seed=seed, device=device,
-                            dsc_points=dsc_points)
-    config = EvaluateConfig(None if map_path is None else str(map_path), amap.method, amap.lam, test_fraction,
-                            seed, ks, permutations, dsc_points, budgets, noises)
-    sweep_kw = dict(**amap.refit_options(), ks=ks, seed=seed, device=device, dsc_points=dsc_points)
+        check_source(map_meta, map_path, a_paths[0])
+    lat_a, lat_b, models = load_model_pairs(a_paths, b_paths)
+    if amap is not None:
+        if amap.d_a != lat_a[0].dim or amap.d_b != lat_b[0].dim:
+            raise SjalignError(f"{map_path}: map is {amap.d_a} -> {amap.d_b} but the latents are "
+                               f"{lat_a[0].dim} ({a_paths[0]}) -> {lat_b[0].dim} ({b_paths[0]})")
+        try:
+            choose_split(models[0], train_state_ids=amap.train_state_ids)
+        except SjalignError as exc:
+            raise SjalignError(f"{map_path}: {exc}") from None
+    controls, control_names = None, None
+    if c_paths is not None:
+        _, _, controls = load_model_pairs(*c_paths)
+        control_names = [f"control {ca} / {cb}" for ca, cb in zip(*c_paths)]
+    opts = EvalOptions(method, lam_value, ks, permutations, dsc_points, device, test_fraction, not resplit)
+    runs = evaluate_runs(models, opts, seeds=split_seeds, amap=amap, controls=controls, shift=shift_spec,
+                         control_names=control_names)
+
+    first = runs[0]
+    if report is not None and budgets is None:
+        budgets = default_budgets(int(first.split.train.sum()))
+    config = EvaluateConfig(None if map_path is None else str(map_path), first.amap.method, lam_value,
+                            test_fraction, seed, tuple(split_seeds), resplit, ks, permutations, dsc_points, budgets,
+                            noises, None if shift_spec is None else dataclasses.asdict(shift_spec),
+                            None if c_paths is None else tuple(map(str, c_paths[0])),
+                            None if c_paths is None else tuple(map(str, c_paths[1])),
+                            None if report is None else str(report))
+    result = assemble_result(runs, a_paths=a_paths, b_paths=b_paths, lat_a=lat_a, lat_b=lat_b, config=config,
+                             control_paths=c_paths)
+    sweep_kw = dict(**first.amap.refit_options(), ks=ks, seed=split_seeds[0], device=device,
+                    dsc_points=dsc_points)
     if budgets:
-        result["pair_budget"] = pair_budget_sweep(pairs, split, budgets, **sweep_kw)
+        result["pair_budget"] = pair_budget_sweep(first.pairs, first.split, budgets, **sweep_kw)
     if noises:
-        result["pair_noise"] = pair_noise_sweep(pairs, split, noises, **sweep_kw)
-    result = {**result, "direction": "a->b", "a": str(a_path), "b": str(b_path),
-              "encoder_a": a.metadata.get("encoder"), "encoder_b": b.metadata.get("encoder"),
-              "map": config.map, "method": amap.method, "lambda": amap.lam, "ks": list(ks),
-              "dropped": {"a": pairs.dropped_a, "b": pairs.dropped_b}, "config": dataclasses.asdict(config)}
+        result["pair_noise"] = pair_noise_sweep(first.pairs, first.split, noises, **sweep_kw)
+    if report is not None:
+        from sjalign.report import write_report
+
+        curves = {"map": result["pair_budget"]}
+        if first.control is not None:
+            c_pairs, c_split, _ = first.control
+            c_budgets = [b for b in budgets if b <= c_split.train.sum()]
+            if c_budgets:
+                curves["control"] = pair_budget_sweep(c_pairs, c_split, c_budgets, **sweep_kw)
+        layers = layerwise_cka(lat_a[0], lat_b[0], first.pairs.state_ids[first.split.test], seed=seed)
+        if layers is not None:
+            result["layer_cka"] = layers
+        clean = json.loads(to_json(result))
+        write_report(report, clean, first, budget_curves=curves, layer_cka=layers, force=force, seed=seed)
     if output is not None:
         atomic_write_bytes(output, (to_json(result) + "\n").encode())
     if json_out:
@@ -170,3 +334,5 @@ def evaluate_command(
         for key, label in (("pair_budget", "n_train"), ("pair_noise", "noise")):
             if key in result:
                 print_sweep(result[key], key, label)
+        if report is not None:
+            console.print(f"wrote {report}/index.html")
