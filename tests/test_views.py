@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sjalign.data.views import azimuth_homography, parse_view
+from sjalign.data.views import augmentation_modules, azimuth_homography, parse_view, resolve_view
 from sjalign.errors import DataError
 
 
@@ -65,6 +65,40 @@ def test_shuffles_are_fixed_permutations():
     orig = patches(x)
     for p in range(49):
         assert any(torch.equal(ps[0, p], orig[0, q]) for q in range(49))
+
+
+def test_shuffle_permutation_is_fixed_per_model_seed():
+    x = _images(2)
+    ids = np.arange(2)
+    by_seed = parse_view("pixel-shuffle", seed=3)(x, ids)
+    torch.testing.assert_close(by_seed, parse_view("pixel-shuffle:3")(x, ids))
+    assert not torch.equal(by_seed, parse_view("pixel-shuffle", seed=4)(x, ids))
+    torch.testing.assert_close(parse_view("patch-shuffle::7", seed=2)(x, ids), parse_view("patch-shuffle:2:7")(x, ids))
+    torch.testing.assert_close(parse_view("pixel-shuffle:3", seed=9)(x, ids), by_seed)  # an explicit seed wins
+    assert resolve_view("crop:top+pixel-shuffle", seed=5) == "crop:top+pixel-shuffle:5"
+    assert resolve_view("patch-shuffle::7+pixel-shuffle:1", seed=5) == "patch-shuffle:5:7+pixel-shuffle:1"
+    rgb = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = parse_view("pixel-shuffle", seed=1)(rgb, ids)  # one permutation of positions for every channel
+    flat_in, flat_out = rgb.flatten(2), out.flatten(2)
+    perm = [int((flat_in[0, 0] == v).nonzero()[0]) for v in flat_out[0, 0]]
+    torch.testing.assert_close(flat_out, flat_in[:, :, perm])
+
+
+def test_augmentation_pipelines_follow_the_paper():
+    import kornia.augmentation as K
+
+    a, b = augmentation_modules("aug-a", 3, 32, 32), augmentation_modules("aug-b", 3, 32, 32)
+    assert [type(m) for m in a] == [K.RandomResizedCrop, K.RandomHorizontalFlip, K.ColorJitter, K.RandomGrayscale]
+    assert [type(m) for m in b[4:]] == [K.RandomGaussianBlur, K.RandomSolarize] and len(b) == 6
+    jitter = a[2]
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue, jitter.p) == (0.4, 0.4, 0.4, 0.1, 0.8)
+    assert (a[1].p, a[3].p, b[4].p, b[5].p) == (0.5, 0.2, 0.5, 0.2)
+    assert [type(m) for m in augmentation_modules("aug-a", 1, 28, 28)][-1] is K.ColorJitter  # no grayscale on 1 ch.
+    # about 20 % of states come out grayscale (R = G = B) under aug-a
+    x = torch.rand(300, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    out = parse_view("aug-a")(x, np.arange(300))
+    gray = ((out[:, 0] == out[:, 1]) & (out[:, 1] == out[:, 2])).flatten(1).all(1).float().mean()
+    assert 0.12 < gray < 0.28
 
 
 @pytest.mark.parametrize("spec", ["nope", "crop:middle", "azimuth:abc", "azimuth:95", "crop:top:1.5", "aug-c"])

@@ -2,24 +2,55 @@
 
 from __future__ import annotations
 
-from sjalign.cli.common import JsonOpt, cli_command, console, emit_json
+from typing import Annotated
+
+import typer
+
+from sjalign.cli.common import DataDirOpt, JsonOpt, cli_command, console, emit_json, escape
 
 
 @cli_command
-def datasets_command(json_out: JsonOpt = False) -> None:
-    """List built-in datasets and the views every dataset supports."""
-    from sjalign.data import DATASETS
+def datasets_command(
+    dataset: Annotated[str | None, typer.Argument(help="Describe one dataset: a name, a manifest or an image folder.")] = None,
+    data_dir: DataDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the datasets, their views and the transforms every image dataset supports; or describe one.
+
+    Examples:
+
+      sjalign datasets
+
+      sjalign datasets cameras.csv --json      # the manifest's views, states, classes, split
+
+      sjalign datasets smallnorb --data-dir norb/
+    """
+    from sjalign.data import DATASET_VIEWS, DATASETS, describe_dataset
     from sjalign.data.views import VIEWS
 
-    result = {"datasets": DATASETS, "views": {v.syntax: v.help for v in VIEWS}}
+    if dataset is not None:
+        info = {"dataset": dataset, **describe_dataset(dataset, data_dir=data_dir)}
+        if json_out:
+            emit_json(info)
+            return
+        for key, value in info.items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k}: {v}" for k, v in value.items())
+            elif isinstance(value, list):
+                value = ", ".join(str(v) for v in value)
+            console.print(f"[bold]{key}[/]: {escape(str(value))}")
+        return
+    result = {"datasets": {name: {"description": text, "views": DATASET_VIEWS[name]} for name, text in DATASETS.items()},
+              "views": {v.syntax: v.help for v in VIEWS}}
     if json_out:
         emit_json(result)
         return
     for name, text in DATASETS.items():
-        console.print(f"[bold]{name}[/]: {text}")
-    console.print("views (join with '+' to compose):")
+        console.print(f"[bold]{escape(name)}[/]: {escape(text)}")
+        console.print(f"    views: {escape(DATASET_VIEWS[name])}")
+    console.print("transforms (any image dataset; after the dataset's own view, joined with '+'):")
     for v in VIEWS:
-        console.print(f"  [bold]{v.syntax}[/]: {v.help}")
+        console.print(f"  [bold]{escape(v.syntax)}[/]: {escape(v.help)}")
 
 
 @cli_command

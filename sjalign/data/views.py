@@ -6,7 +6,13 @@ A view spec is one or more parts joined by ``+`` and applied left to right, e.g.
 Every view takes float images (n, C, H, W) in [0, 1] with their state ids (n,) and
 returns float images (n, C, H, W). Random views draw their parameters from a
 generator seeded by (view, state id), so a state's observation is reproducible and
-does not depend on batch composition.
+does not depend on batch composition. The structure ablations ``patch-shuffle`` and
+``pixel-shuffle`` apply one fixed permutation to every state, chosen by the model's seed
+(see :func:`resolve_view`).
+
+Datasets whose views are separate images put their own choice first and these
+transforms after it (``azimuth=0+pixel-shuffle`` for smallNORB, ``CAM_FRONT+aug-a`` for a
+manifest); see :func:`sjalign.data.split_view`.
 """
 
 from __future__ import annotations
@@ -42,17 +48,15 @@ VIEWS = (
              f"keep a band of FRAC of the rows/columns (default {DEFAULT_CROP_FRACTION:.3f}), zero the rest"),
     ViewInfo("azimuth", "azimuth:DEG",
              "perspective warp: the image plane turned DEG degrees about its vertical axis"),
-    ViewInfo("aug-a", "aug-a", "random resized crop, flip, brightness/contrast jitter (seeded per state)"),
+    ViewInfo("aug-a", "aug-a", "random resized crop, flip, colour jitter (0.4, 0.4, 0.4, 0.1; p=0.8), "
+             "random grayscale (p=0.2); kornia, seeded per state"),
     ViewInfo("aug-b", "aug-b", "aug-a plus Gaussian blur (p=0.5) and solarisation (p=0.2)"),
     ViewInfo("patch-shuffle", "patch-shuffle[:SEED[:PATCH]]",
-             "ablation: a fixed random permutation of PATCHxPATCH patches (default 4)"),
-    ViewInfo("pixel-shuffle", "pixel-shuffle[:SEED]", "ablation: a fixed random permutation of pixels"),
+             "ablation: a fixed random permutation of PATCHxPATCH patches (default 4); SEED defaults to the "
+             "model's seed (pretrain --seed; embed: the jepa run's seed)"),
+    ViewInfo("pixel-shuffle", "pixel-shuffle[:SEED]",
+             "ablation: a fixed random permutation of pixels; SEED defaults to the model's seed"),
 )
-
-
-def _state_rngs(key: str, state_ids: np.ndarray) -> list[np.random.Generator]:
-    base = zlib.crc32(key.encode())
-    return [np.random.default_rng([base, int(s)]) for s in state_ids]
 
 
 def crop_view(side: str, fraction: float = DEFAULT_CROP_FRACTION) -> ViewFn:
@@ -112,44 +116,100 @@ def azimuth_view(degrees: float) -> ViewFn:
     return apply
 
 
-def augment_view(name: str) -> ViewFn:
-    """One of two augmentation pipelines (``aug-a``, ``aug-b``), seeded per state.
+# Appendix A.3 of the paper (ImageNet-1k views), as the common SimCLR/BYOL recipes implement it.
+AUG_SCALE = (0.08, 1.0)          # random-resized-crop area fraction (torchvision / kornia default)
+AUG_RATIO = (3 / 4, 4 / 3)       # random-resized-crop aspect ratio
+AUG_JITTER = (0.4, 0.4, 0.4, 0.1)  # colour jitter: brightness, contrast, saturation, hue
+AUG_JITTER_P = 0.8               # colour jitter is applied with p = 0.8 (RandomApply in the recipes)
+AUG_GRAYSCALE_P = 0.2
+AUG_BLUR_P = 0.5                 # aug-b only
+AUG_BLUR_SIGMA = (0.1, 2.0)      # pixels; kernel side = odd number nearest 10 % of the image side
+AUG_SOLARIZE_P = 0.2             # aug-b only; threshold 0.5
 
-    Parameters are drawn per state from a generator keyed by (name, state id); the
-    image operations are kornia's.
+
+def augmentation_modules(name: str, channels: int, height: int, width: int) -> list:
+    """The kornia modules of pipeline ``aug-a`` or ``aug-b`` for (C, H, W) images.
+
+    ``aug-a``: RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3, output H x W), RandomHorizontalFlip(0.5),
+    ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8, RandomGrayscale(0.2). ``aug-b``: the same plus
+    RandomGaussianBlur (p = 0.5, sigma 0.1-2 px) and RandomSolarize (p = 0.2, threshold 0.5).
+    For 1-channel images saturation, hue and grayscale do not apply and are left out.
+
+    References:
+        Social-JEPA, appendix A.3; Chen et al. 2020 (SimCLR), Grill et al. 2020 (BYOL).
     """
-    strong = name == "aug-b"
+    import kornia.augmentation as K
+
+    b, c, s, h = AUG_JITTER
+    if channels == 1:
+        s, h = 0.0, 0.0
+    mods = [K.RandomResizedCrop((height, width), scale=AUG_SCALE, ratio=AUG_RATIO),
+            K.RandomHorizontalFlip(p=0.5), K.ColorJitter(b, c, s, h, p=AUG_JITTER_P)]
+    if channels != 1:
+        mods.append(K.RandomGrayscale(p=AUG_GRAYSCALE_P))
+    if name == "aug-b":
+        k = 2 * round(0.05 * min(height, width)) + 1
+        mods += [K.RandomGaussianBlur((k, k), AUG_BLUR_SIGMA, p=AUG_BLUR_P),
+                 K.RandomSolarize(thresholds=0.0, additions=0.0, p=AUG_SOLARIZE_P)]
+    return mods
+
+
+def _state_seed(key: str, state_id: int) -> int:
+    return zlib.crc32(np.array([int(state_id)], dtype=np.int64).tobytes(), zlib.crc32(key.encode()))
+
+
+def _merge_params(plist: list[dict], idx: list[int], shape) -> dict:
+    merged = {k: torch.cat([plist[i][k] for i in idx]) for k in plist[0] if k not in ("forward_input_shape", "order")}
+    merged["forward_input_shape"] = torch.tensor((len(idx), *shape[1:]), dtype=torch.long)
+    if "order" in plist[0]:
+        merged["order"] = plist[idx[0]]["order"]
+    return merged
+
+
+def augment_view(name: str) -> ViewFn:
+    """One of two augmentation pipelines (``aug-a``, ``aug-b``) from kornia modules, seeded per state.
+
+    Each module's parameters for a state are drawn by the module's own sampler from torch's
+    RNG seeded with a hash of (name, state id) (inside ``torch.random.fork_rng``, so the
+    caller's RNG stream is untouched); the batch is then transformed in one call with those
+    parameters. A state's observation is therefore reproducible and independent of the
+    batch it arrives in. Colour-jitter orders differ per state, so that module runs once per
+    group of states sharing an order.
+
+    Shape: (n, C, H, W) float in [0, 1] -> (n, C, H, W) float in [0, 1].
+    """
 
     def apply(images: torch.Tensor, state_ids: np.ndarray) -> torch.Tensor:
-        import kornia
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # many small ops: intra-op threads cost 3-6x here (docs/results.md)
+        try:
+            return _augment(images, state_ids)
+        finally:
+            torch.set_num_threads(threads)
 
-        n, _, h, w = images.shape
-        rngs = _state_rngs(name, state_ids)
-        boxes, flip, bright, contrast, blur, sigma, solar = [], [], [], [], [], [], []
-        for rng in rngs:
-            scale = rng.uniform(0.6, 1.0)
-            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-            bw = min(w, math.sqrt(scale * ratio) * w)
-            bh = min(h, math.sqrt(scale / ratio) * h)
-            x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
-            boxes.append([[x0, y0], [x0 + bw - 1, y0], [x0 + bw - 1, y0 + bh - 1], [x0, y0 + bh - 1]])
-            flip.append(rng.random() < 0.5)
-            bright.append(rng.uniform(-0.2, 0.2))
-            contrast.append(rng.uniform(0.6, 1.4))
-            blur.append(strong and rng.random() < 0.5)
-            sigma.append(rng.uniform(0.1, 1.0))
-            solar.append(strong and rng.random() < 0.2)
-        dt = images.dtype
-        out = kornia.geometry.transform.crop_and_resize(images, torch.tensor(boxes, dtype=dt), (h, w))
-        flip_t = torch.tensor(flip)
-        out = torch.where(flip_t[:, None, None, None], kornia.geometry.transform.hflip(out), out)
-        out = kornia.enhance.adjust_contrast(out, torch.tensor(contrast, dtype=dt))
-        out = kornia.enhance.adjust_brightness(out, torch.tensor(bright, dtype=dt))
-        if strong:
-            sig = torch.tensor(sigma, dtype=dt)[:, None].expand(n, 2).contiguous()
-            blurred = kornia.filters.gaussian_blur2d(out, (3, 3), sig)
-            out = torch.where(torch.tensor(blur)[:, None, None, None], blurred, out)
-            out = torch.where(torch.tensor(solar)[:, None, None, None], kornia.enhance.solarize(out, 0.5), out)
+    def _augment(images: torch.Tensor, state_ids: np.ndarray) -> torch.Tensor:
+        n, c, h, w = images.shape
+        if n == 0:
+            return images
+        mods = augmentation_modules(name, c, h, w)
+        params: list[list[dict]] = [[] for _ in mods]
+        with torch.random.fork_rng(devices=[]):
+            for s in state_ids:
+                torch.default_generator.manual_seed(_state_seed(name, s))  # CPU only: cheap
+                for mod, acc in zip(mods, params):
+                    acc.append(mod.forward_parameters((1, c, h, w)))
+        out = images
+        for mod, plist in zip(mods, params):
+            if "order" not in plist[0]:
+                out = mod(out, params=_merge_params(plist, list(range(n)), out.shape))
+                continue
+            groups: dict[tuple, list[int]] = {}
+            for i, p in enumerate(plist):
+                groups.setdefault(tuple(p["order"].tolist()), []).append(i)
+            result = out.clone()
+            for idx in groups.values():
+                result[idx] = mod(out[idx], params=_merge_params(plist, idx, out.shape))
+            out = result
         return out.clamp(0.0, 1.0)
 
     return apply
@@ -181,8 +241,14 @@ def _number(spec: str, text: str, kind=float):
         raise DataError(f"view '{spec}': '{text}' is not a number") from None
 
 
-def parse_view(spec: str) -> ViewFn:
+def parse_view(spec: str, *, seed: int = 0) -> ViewFn:
     """Turn a view spec into a function; parts joined by ``+`` compose left to right.
+
+    Args:
+        spec: e.g. ``crop:top``, ``aug-b+patch-shuffle``, ``pixel-shuffle:3``.
+        seed: the model's seed; ``patch-shuffle`` / ``pixel-shuffle`` without an explicit
+            ``:SEED`` use the permutation of this seed (a fixed permutation per model, as in
+            the paper's structure ablation). See :func:`resolve_view`.
 
     Raises:
         DataError: an unknown view or a bad parameter; the message lists the known views.
@@ -200,9 +266,9 @@ def parse_view(spec: str) -> ViewFn:
         elif name in ("aug-a", "aug-b") and not args:
             fns.append(augment_view(name))
         elif name in ("patch-shuffle", "pixel-shuffle") and len(args) <= 2:
-            seed = _number(spec, args[0], int) if args else 0
+            perm_seed = _number(spec, args[0], int) if args and args[0] != "" else seed
             patch = _number(spec, args[1], int) if len(args) == 2 else 4
-            fns.append(shuffle_view(name, seed, patch))
+            fns.append(shuffle_view(name, perm_seed, patch))
         else:
             known = ", ".join(v.syntax for v in VIEWS)
             raise DataError(f"unknown view '{part}' in '{spec}' (known: {known})")
@@ -213,3 +279,18 @@ def parse_view(spec: str) -> ViewFn:
         return images
 
     return composed
+
+
+def resolve_view(spec: str, *, seed: int = 0) -> str:
+    """The spec with the model seed written into every shuffle that has no explicit seed.
+
+    ``resolve_view("crop:top+pixel-shuffle", seed=3) == "crop:top+pixel-shuffle:3"``; the
+    resolved spec is what pretrain and embed record, so the permutation can be rebuilt.
+    """
+    parts = []
+    for part in spec.split("+"):
+        name, *args = part.strip().split(":")
+        if name in ("patch-shuffle", "pixel-shuffle") and (not args or args[0] == ""):
+            part = ":".join([name, str(seed), *args[1:]])
+        parts.append(part.strip())
+    return "+".join(parts)
