@@ -197,7 +197,8 @@ def null_map(pairs: Pairs, split: Split, amap: AlignmentMap, *, seed: int = 0) -
 
 
 def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT_KS, permutations: int = 99,
-                   seed: int = 0, device="auto", dsc_points: int = 2000, with_null: bool = True) -> dict:
+                   seed: int = 0, device="auto", dsc_points: int = 2000, with_null: bool = True,
+                   trim_ks: bool = False) -> dict:
     """Score ``amap`` on the test pairs beside the shuffled-pair null (SPEC §4).
 
     Args:
@@ -207,13 +208,16 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
         permutations: number of shuffled-pair refits for the R² permutation p-value.
         with_null: False skips the null and the p-value (``null`` and ``r2_p_value`` are None),
             for controls that are themselves judged against the main map's null.
+        trim_ks: drop the k ≥ n_test with a warning instead of raising (for the default ``--k``
+            on a small test split); the ks used are returned under ``ks``.
 
     Returns:
         A dict in the JSON shape of SPEC §1: metrics, null, n_train, n_test, r2_p_value,
-        permutations, split (its ``describe()``), warnings.
+        permutations, split (its ``describe()``), ks, warnings.
 
     Raises:
-        SjalignError: map dimensions that do not fit the latents, or a k ≥ n_test.
+        SjalignError: map dimensions that do not fit the latents, or a k ≥ n_test (unless
+            ``trim_ks`` and some k < n_test remain).
     """
     if amap.d_a != pairs.x.shape[1] or amap.d_b != pairs.y.shape[1]:
         raise SjalignError(f"the map is {amap.d_a} -> {amap.d_b} but the latents are "
@@ -221,10 +225,13 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
     x_tr, y_tr = pairs.x[split.train], pairs.y[split.train]
     x_te, y_te = pairs.x[split.test], pairs.y[split.test]
     n_test = len(x_te)
-    bad_k = [k for k in ks if not 1 <= k < n_test]
-    if bad_k:
-        raise SjalignError(f"--k {','.join(map(str, bad_k))}: each k must be between 1 and n_test - 1 = {n_test - 1}")
     notes: list[str] = []
+    bad_k = [k for k in ks if not 1 <= k < n_test]
+    if bad_k and trim_ks and len(bad_k) < len(ks):
+        ks = tuple(k for k in ks if k not in bad_k)
+        notes.append(f"only {n_test} test pairs: NOS@k for k = {','.join(map(str, bad_k))} left out")
+    elif bad_k:
+        raise SjalignError(f"--k {','.join(map(str, bad_k))}: each k must be between 1 and n_test - 1 = {n_test - 1}")
     std = accumulate(x_tr, y_tr).standardised()
     q = solve_procrustes(std.c_ab)
     za, zb = amap.standardise_a(x_te), amap.standardise_b(y_te)
@@ -262,6 +269,7 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
         "n_train": int(split.train.sum()),
         "n_test": n_test,
         "split": split.describe(),
+        "ks": list(ks),
         "warnings": notes,
     }
 
@@ -373,6 +381,7 @@ class EvalOptions:
     method: str = "ridge"
     lam: float | str = 1e-3
     ks: tuple[int, ...] = DEFAULT_KS
+    trim_ks: bool = False  # the default --k: drop the k >= n_test with a warning instead of failing
     permutations: int = 99
     dsc_points: int = 2000
     device: str = "auto"
@@ -418,7 +427,7 @@ def run_once(pairs: Pairs, opts: EvalOptions, *, seed: int = 0, amap: AlignmentM
         split, in_split = shift_split(pairs, split, shift, seed=seed)
     if amap is None:
         amap = fit_on_split(pairs, split, method=opts.method, lam=opts.lam, seed=seed)
-    kw = dict(ks=opts.ks, seed=seed, device=opts.device, dsc_points=opts.dsc_points)
+    kw = dict(ks=opts.ks, seed=seed, device=opts.device, dsc_points=opts.dsc_points, trim_ks=opts.trim_ks)
     result = evaluate_pairs(pairs, split, amap, permutations=opts.permutations, **kw)
     result.update(split_seed=seed if split.seed is not None else None, model=model)
     if in_split is not None:

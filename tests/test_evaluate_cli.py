@@ -221,3 +221,15 @@ def test_report_folder(runner, tmp_path):
     assert run(runner, "evaluate", a, b, "--report", rep, "--force", *FAST).exit_code == 0
     assert "random-init control" not in (rep / "index.html").read_text()  # the new report, without a control
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp folder left
+
+
+def test_default_k_leaves_out_k_at_least_n_test(runner, tmp_path):
+    """Without --k the defaults 1..50 shrink to the ks a small test split allows (warned); an explicit k fails."""
+    a, b = planted_model(tmp_path, "tiny", n=100)  # 20 test states
+    res = run(runner, "evaluate", a, b, "--permutations", "3", "--device", "cpu", "--json")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["n_test"] == 20 and out["ks"] == [1, 5, 10]
+    assert "nos@10" in out["metrics"] and "nos@20" not in out["metrics"]
+    assert any("k = 20,50 left out" in w for w in out["warnings"])
+    one_error_line(run(runner, "evaluate", a, b, "--permutations", "3", "--k", "5,20"), "--k 20", "n_test - 1 = 19")

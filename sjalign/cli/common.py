@@ -148,6 +148,8 @@ def parse_latents_list(text: str | Path, what: str = "latents") -> list[Path]:
     Raises:
         SjalignError: an empty entry, a file listed twice, or a file that does not exist.
     """
+    if Path(text).is_file():  # one file, even one whose name holds a comma
+        return [Path(text)]
     parts = [p.strip() for p in str(text).split(",")]
     if not parts or any(not p for p in parts):
         raise SjalignError(f"{what} '{text}': expected one file or comma-separated files, with no empty entry")

@@ -206,7 +206,7 @@ def evaluate_command(
     a_arg: Annotated[str, typer.Argument(metavar="A", help="Source latents (.safetensors); several comma-separated files = models of different seeds, file i paired with file i of B.")],
     b_arg: Annotated[str, typer.Argument(metavar="B", help="Target latents (.safetensors), as many files as A.")],
     map_path: Annotated[Path | None, typer.Option("--map", help="Map file from fit-map; without it a map is fitted on the train split.")] = None,
-    k: Annotated[str, typer.Option("--k", help="Neighbourhood sizes for NOS@k, comma-separated.")] = "1,5,10,20,50",
+    k: Annotated[str | None, typer.Option("--k", help="Neighbourhood sizes for NOS@k, comma-separated. [default: 1,5,10,20,50, leaving out the k >= n_test]")] = None,
     method: MethodOpt = "ridge",
     lam: LambdaOpt = "1e-3",
     test_fraction: TestFracOpt = 0.2,
@@ -246,10 +246,10 @@ def evaluate_command(
     from sjalign.align import check_source, load_map
     from sjalign.io import atomic_write_bytes, check_output
     from sjalign.protocol import (
-        EvalOptions, choose_split, default_budgets, evaluate_runs, layerwise_cka, pair_budget_sweep, pair_noise_sweep,
+        DEFAULT_KS, EvalOptions, choose_split, default_budgets, evaluate_runs, layerwise_cka, pair_budget_sweep, pair_noise_sweep,
     )
 
-    ks = parse_ks(k)
+    ks = parse_ks(k or ",".join(map(str, DEFAULT_KS)))
     budgets = parse_list(pair_budget, int, "--pair-budget")
     noises = parse_list(pair_noise, float, "--pair-noise")
     split_seeds = parse_list(seeds, int, "--seeds") or (seed,)
@@ -290,11 +290,12 @@ def evaluate_command(
     if c_paths is not None:
         _, _, controls = load_model_pairs(*c_paths)
         control_names = [f"control {ca} / {cb}" for ca, cb in zip(*c_paths)]
-    opts = EvalOptions(method, lam_value, ks, permutations, dsc_points, device, test_fraction, not resplit)
+    opts = EvalOptions(method, lam_value, ks, k is None, permutations, dsc_points, device, test_fraction, not resplit)
     runs = evaluate_runs(models, opts, seeds=split_seeds, amap=amap, controls=controls, shift=shift_spec,
                          control_names=control_names)
 
     first = runs[0]
+    ks = tuple(first.result["ks"])  # without --k, the defaults below n_test
     if report is not None and budgets is None:
         budgets = default_budgets(int(first.split.train.sum()))
     config = EvaluateConfig(None if map_path is None else str(map_path), first.amap.method, lam_value,
