@@ -181,7 +181,8 @@ def test_training_lowers_loss_on_fashion_mnist(fmnist, tmp_path):
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert log[-1]["loss"] < 0.8 * log[0]["loss"]
     assert len(steps) == summary["steps"] == 24 and steps[-1][:2] == (24, 24)
-    assert set(log[0]) >= {"epoch", "loss", "img_per_s", "seconds", "lr"}
+    assert set(log[0]) >= {"epoch", "loss", "img_per_s", "seconds", "lr", "flops"}
+    assert 0 < log[0]["flops"] < log[1]["flops"] < log[2]["flops"] == summary["flops"]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["vit"]["embed_dim"] == 128
 
 

@@ -2,12 +2,57 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sjalign.cli.common import DataDirOpt, DeviceOpt, ForceOpt, JsonOpt, SeedOpt, cli_command, console, emit_json
+from sjalign.cli.common import (
+    ClassesOpt,
+    DataDirOpt,
+    DeviceOpt,
+    ForceOpt,
+    ImageSizeOpt,
+    JsonOpt,
+    NumWorkersOpt,
+    SeedOpt,
+    cli_command,
+    console,
+    emit_json,
+)
+
+
+def _vit_for_data(model: str, shape: tuple[int, int, int], patch_size: int | None):
+    """The preset's ViT with the data's channels and size (and --patch-size), or None for an unknown preset."""
+    import dataclasses
+
+    from sjalign.errors import SjalignError
+    from sjalign.jepa.vit import PRESETS
+
+    if model not in PRESETS:
+        return None  # PretrainConfig names the known presets
+    preset = PRESETS[model]
+    c, size, _ = shape
+    patch = patch_size or preset.patch_size
+    if size % patch:
+        raise SjalignError(f"image size {size} is not a multiple of the patch size {patch} "
+                           "(choose --image-size and --patch-size so that the patch divides the image)")
+    return dataclasses.replace(preset, img_size=size, in_chans=c, patch_size=patch)
+
+
+def _objective_options(objective: str, **values) -> dict:
+    """The objective hyper-parameters given on the command line, checked against the objective."""
+    from sjalign.errors import SjalignError
+    from sjalign.jepa.config import check_objective_options
+
+    check_objective_options(objective, values, name=lambda field: "--" + field.replace("_", "-"))
+    if values["vicreg_coeffs"] is not None:
+        try:
+            values["vicreg_coeffs"] = tuple(float(c) for c in values["vicreg_coeffs"].split(","))
+        except ValueError:
+            raise SjalignError(f"--vicreg-coeffs '{values['vicreg_coeffs']}': expected three numbers SIM,STD,COV") from None
+    return {k: v for k, v in values.items() if v is not None}
 
 
 @cli_command
@@ -15,13 +60,25 @@ def pretrain_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (checkpoint, train state, config.json, log.jsonl).", file_okay=False)],
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset name (see 'sjalign datasets').")] = "fashion-mnist",
     view: Annotated[str, typer.Option("--view", help="View spec the encoder sees, e.g. crop:top, azimuth:30.")] = "identity",
-    objective: Annotated[str, typer.Option("--objective", help="Training objective.")] = "ijepa",
+    objective: Annotated[str, typer.Option("--objective", help="Training objective: ijepa, lejepa, cjepa, lpjepa, mae, simclr or ae.")] = "ijepa",
+    reg_weight: Annotated[float | None, typer.Option("--reg-weight", help="lejepa, lpjepa: weight λ of SIGReg / RDMReg. [default: 0.05 / 10]")] = None,
+    num_slices: Annotated[int | None, typer.Option("--num-slices", help="lejepa, lpjepa: random 1-D projections per step. [default: 256]")] = None,
+    rgg_p: Annotated[float | None, typer.Option("--rgg-p", help="lpjepa: shape p of the rectified generalised Gaussian target (1 = rectified Laplace). [default: 1]")] = None,
+    proj_dim: Annotated[int | None, typer.Option("--proj-dim", help="cjepa, lpjepa, simclr: projection head width. [default: 256]")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", help="simclr: NT-Xent temperature τ. [default: 0.5]")] = None,
+    mask_ratio: Annotated[float | None, typer.Option("--mask-ratio", help="mae: fraction of patches masked. [default: 0.75]")] = None,
+    vicreg_weight: Annotated[float | None, typer.Option("--vicreg-weight", help="cjepa: β_vicreg. [default: 0.001]")] = None,
+    vicreg_coeffs: Annotated[str | None, typer.Option("--vicreg-coeffs", help="cjepa: β_sim,β_std,β_cov of VICReg. [default: 25,25,1]")] = None,
     model: Annotated[str, typer.Option("--model", help="ViT preset: vit_tiny (28 px, patch 4) or vit_small (ViT-S/16, 224 px).")] = "vit_tiny",
     epochs: Annotated[int | None, typer.Option("--epochs", help="Passes over the data; 0 writes the randomly initialised model (a control). [default: 10]")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per optimizer step. [default: 128]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per optimizer step, over all processes under torchrun. [default: 128]")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW, linear warm-up then cosine). [default: 3e-4]")] = None,
     max_states: Annotated[int | None, typer.Option("--max-states", help="Use at most N states (train and test in proportion; only train ones are trained on).")] = None,
     split: Annotated[str, typer.Option("--split", help="States to train on: train (default), test or all.")] = "train",
+    classes: ClassesOpt = None,
+    image_size: ImageSizeOpt = None,
+    patch_size: Annotated[int | None, typer.Option("--patch-size", help="ViT patch side in pixels (must divide the image size). [default: the preset's]")] = None,
+    num_workers: NumWorkersOpt = 0,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 (autocast, CUDA only).")] = "fp32",
@@ -38,11 +95,17 @@ def pretrain_command(
       sjalign pretrain --dataset fashion-mnist --view crop:top --epochs 4 --max-states 12000 -o runs/top
 
       sjalign pretrain --view crop:top --epochs 4 --max-states 12000 -o runs/top --resume   # after an interruption
+
+      torchrun --standalone --nproc-per-node 2 -m sjalign pretrain --view crop:top --batch-size 256 -o runs/top   # DDP
+
+      sjalign pretrain --dataset smallnorb --data-dir norb/ --view azimuth=0 --image-size 48 --patch-size 8 -o runs/az0
     """
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from sjalign.data import load_dataset, view_images
+    from sjalign.data import open_dataset
+    from sjalign.data.lazy import IN_MEMORY_BYTES
+    from sjalign.data.selection import Subset, parse_classes
     from sjalign.errors import SjalignError
     from sjalign.jepa import PretrainConfig, pretrain
 
@@ -55,33 +118,56 @@ def pretrain_command(
     if not resume and not force and output.is_dir() and any(output.iterdir()):
         raise SjalignError(f"{output}: run folder already holds files (use --resume to continue or --force to restart)")
     given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
-    config = PretrainConfig(dataset=dataset, view=view, objective=objective, model=model, max_states=max_states,
-                            seed=seed, device=device, precision=precision, compile=compile_model, **given)
+    given |= _objective_options(objective, reg_weight=reg_weight, num_slices=num_slices, rgg_p=rgg_p, proj_dim=proj_dim,
+                                temperature=temperature, mask_ratio=mask_ratio, vicreg_weight=vicreg_weight,
+                                vicreg_coeffs=vicreg_coeffs)
     if split not in ("train", "test", "all"):
         raise SjalignError(f"--split '{split}': use train, test or all")
-    # the same selection as `sjalign embed --max-states N`, then only its train (or test) states
-    data = load_dataset(dataset, data_dir=data_dir, split="all", max_states=max_states)
-    keep = np.ones(len(data.state_ids), bool) if split == "all" else data.is_test == (split == "test")
+    # the same selection as `sjalign embed --max-states N --classes C`, then only its train (or test) states
+    ds = open_dataset(dataset, view=view, data_dir=data_dir, image_size=image_size, seed=seed,
+                      subset=Subset("all", parse_classes(classes), max_states))
+    keep = np.ones(len(ds), bool) if split == "all" else ds.is_test == (split == "test")
     if not keep.any():
         raise SjalignError(f"no {split} states in the selection (--max-states {max_states}); nothing to train on")
-    images = view_images(data.images[keep], data.state_ids[keep], view)
-    if not json_out:
-        console.print(f"pretrain {objective} {model} on {dataset} view {view}: {len(images)} states, "
-                      f"{config.epochs} epoch(s) -> {output}")
+    ds = ds.subset(np.flatnonzero(keep))
+    config = PretrainConfig(dataset=dataset, view=ds.view, objective=objective, model=model, max_states=max_states,
+                            vit=_vit_for_data(model, ds.shape, patch_size), seed=seed, device=device,
+                            precision=precision, compile=compile_model, num_workers=num_workers, **given)
+    # a selection that fits IN_MEMORY_BYTES is rendered once; a larger one is read lazily every epoch
+    images = ds.materialize(num_workers=num_workers) if ds.nbytes <= IN_MEMORY_BYTES else ds
+    quiet = json_out or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.0f} img/s"), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=json_out) as progress:
-        task = progress.add_task("steps", total=None, loss=float("nan"), ips=0.0)
+               TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.0f} img/s  {task.fields[flops]:.3g} FLOP"),
+               TimeRemainingColumn())
+    progress = Progress(*columns, console=console, disable=quiet)
+    task = progress.add_task("steps", total=None, loss=float("nan"), ips=0.0, flops=0.0)
 
-        def on_step(step: int, total: int, loss: float, img_s: float) -> None:
-            progress.update(task, completed=step, total=total, loss=loss, ips=img_s)
+    def on_start(run: dict) -> None:  # after the trainer's checks: a refused run prints only its error
+        if not quiet:
+            procs = f" x {run['world_size']} processes" if run["world_size"] > 1 else ""
+            resumed = f", resuming after epoch {run['start_epoch']}" if run["resumed"] else ""
+            console.print(f"pretrain {objective} {model} on {dataset} view {view}: {len(images)} states, "
+                          f"{config.epochs} epoch(s) on {run['device']}{procs}{resumed} -> {output}")
+        progress.start()
 
-        def on_epoch(record: dict) -> None:
+    def on_step(step: int, total: int, loss: float, img_s: float) -> None:
+        progress.update(task, completed=step, total=total, loss=loss, ips=img_s)
+
+    def on_epoch(record: dict) -> None:
+        progress.update(task, flops=float(record["flops"]))
+        if not quiet:
             progress.console.print(f"epoch {record['epoch']}: loss {record['loss']:.4f}, "
-                                   f"{record['img_per_s']:.0f} img/s, {record['seconds']:.1f} s")
+                                   f"{record['img_per_s']:.0f} img/s, {record['flops']:.3g} training FLOPs, "
+                                   f"{record['seconds']:.1f} s")
 
-        summary = pretrain(config, images, output, resume=resume, overwrite=force, on_step=on_step,
-                           on_epoch=on_epoch)
+    try:
+        summary = pretrain(config, images, output, resume=resume, overwrite=force, on_start=on_start,
+                           on_step=on_step, on_epoch=on_epoch)
+    finally:
+        if progress.live.is_started:  # Progress.stop() prints a newline even when never started
+            progress.stop()
+    if os.environ.get("RANK", "0") != "0":
+        return
     if json_out:
         emit_json(summary)
     else:

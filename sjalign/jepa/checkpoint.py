@@ -2,23 +2,28 @@
 
 A run directory holds::
 
-    checkpoint.safetensors   weights: encoder.*, target_encoder.*, predictor.*
-                             metadata: sjalign.format = "checkpoint/1", config (JSON of the
-                             full PretrainConfig), objective, epoch, version
-    train_state.safetensors  resume state: optimizer tensors optimizer.<param>.<key>, RNG
-                             states rng.* (uint8); metadata: sjalign.format = "train_state/1",
-                             param_groups, epoch, step, scheduler (JSON)
+    checkpoint.safetensors   weights: encoder.*, target_encoder.*, predictor.* (the objective's
+                             state dict); metadata: sjalign.format = "checkpoint/1", config (JSON
+                             of the full PretrainConfig), objective, epoch, version
+    train_state.safetensors  resume state, self-contained: the same weights as model.*, optimizer
+                             tensors optimizer.<param>.<key>, RNG states rng.* (uint8); metadata:
+                             sjalign.format = "train_state/1", param_groups, epoch, step,
+                             scheduler, config, log, flops (JSON)
     config.json              the resolved config, pretty JSON
-    log.jsonl                one JSON object per epoch (epoch, loss, img_per_s, seconds, lr, ...)
+    log.jsonl                one JSON object per epoch (epoch, loss, img_per_s, flops, seconds, lr, ...)
 
-Every file is written atomically (temp file in the same folder, then ``os.replace``) and
-read with safetensors only: loading never unpickles.
+Every file is written atomically (temp file in the same folder, fsync, then ``os.replace``)
+and read with safetensors only: loading never unpickles. At the end of an epoch the trainer
+writes ``train_state.safetensors`` first — the commit point — then the checkpoint and the log;
+``--resume`` rebuilds the latter two from the train state, so a ``kill -9`` at any moment
+loses at most the epoch in progress.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,19 +133,65 @@ def load_encoder(path: str | os.PathLike, *, device: str | torch.device = "cpu")
     return model.to(device).eval().requires_grad_(False), config
 
 
-def save_train_state(run_dir: str | os.PathLike, optimizer: torch.optim.Optimizer, *, epoch: int, step: int,
-                     scheduler: dict[str, Any], generator: torch.Generator) -> Path:
-    """Write ``train_state.safetensors`` for ``--resume``.
+@dataclass(frozen=True)
+class TrainState:
+    """The contents of ``train_state.safetensors``, read without touching any model.
 
-    Optimizer per-parameter state becomes tensors ``optimizer.<i>.<key>`` (i = index in
-    the optimizer's parameter order); RNG states become uint8 tensors ``rng.torch``,
-    ``rng.generator`` (shuffling and masks), ``rng.numpy`` and ``rng.cuda.<k>``.
+    Attributes:
+        path: the file.
+        epoch: epochs completed.   step: optimizer steps taken.
+        config: the run's config as saved (compare before restoring).
+        log: the epoch records written so far (``log.jsonl`` is rebuilt from them on resume).
+        flops: cumulative training FLOPs so far (all ranks).
+        scheduler: ``{"step", "total_steps", "warmup_steps"}``.
+        tensors: ``model.*``, ``optimizer.*`` and ``rng.*`` tensors.
+        metadata: the raw metadata.
+    """
+
+    path: Path
+    epoch: int
+    step: int
+    config: PretrainConfig | None
+    log: list[dict[str, Any]]
+    flops: int
+    scheduler: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The objective's state dict (``model.`` prefix removed); empty for train states written before they held weights."""
+        return {k[len("model."):]: v for k, v in self.tensors.items() if k.startswith("model.")}
+
+
+def save_train_state(run_dir: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+                     config: PretrainConfig, epoch: int, step: int, scheduler: dict[str, Any],
+                     generator: torch.Generator, log: list[dict[str, Any]], flops: int) -> Path:
+    """Write ``train_state.safetensors``: everything ``--resume`` needs, in one atomic file.
+
+    The file is self-contained — the objective's full state dict (context encoder, EMA
+    target encoder, predictor, heads) as ``model.<key>``, the optimizer per-parameter state
+    as ``optimizer.<i>.<key>`` (i = index in the optimizer's parameter order), RNG states as
+    uint8 tensors ``rng.torch``, ``rng.generator`` (shuffling and masks), ``rng.numpy`` and
+    ``rng.cuda.<k>``, and in the metadata the param groups, scheduler position, config, the
+    epoch log and the FLOP count — so it is the run's single commit point: the trainer writes
+    it before ``checkpoint.safetensors`` and ``log.jsonl``, and a process killed at any moment
+    leaves a resumable run (the other two files are rebuilt from it on resume).
+
+    Args:
+        run_dir: run directory (must exist).
+        model: the objective module (not a DDP wrapper).
+        optimizer: its optimizer.
+        config: the run's config.
+        epoch: epochs completed.   step: optimizer steps taken.
+        scheduler: the learning-rate schedule's position (JSON-able).
+        generator: the trainer's CPU generator (shuffling and masks).
+        log: epoch records so far.   flops: cumulative training FLOPs.
 
     Returns:
         The file's path.
     """
     sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
     for idx, state in sd["state"].items():
         for key, value in state.items():
             tensors[f"optimizer.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
@@ -156,33 +207,67 @@ def save_train_state(run_dir: str | os.PathLike, optimizer: torch.optim.Optimize
         "param_groups": json.dumps(sd["param_groups"]), "scheduler": json.dumps(scheduler),
         "rng.numpy": json.dumps({"name": np_name, "pos": int(np_pos), "has_gauss": int(np_has_gauss),
                                  "cached_gaussian": float(np_gauss)}),
+        "config": config.to_json(), "log": json.dumps(log, sort_keys=True), "flops": str(int(flops)),
     }
     path = Path(run_dir) / TRAIN_STATE_FILE
     write_safetensors_torch(path, tensors, metadata, force=True)  # replaced every epoch
     return path
 
 
-def load_train_state(run_dir: str | os.PathLike, optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator) -> dict[str, Any]:
-    """Restore optimizer and RNG states in place from ``train_state.safetensors``.
-
-    Returns:
-        ``{"epoch": int, "step": int, "scheduler": dict}``.
+def load_train_state(run_dir: str | os.PathLike) -> TrainState:
+    """Read ``train_state.safetensors`` (nothing is restored yet; see :func:`restore_train_state`).
 
     Raises:
-        FileFormatError: missing/unreadable file or wrong format tag.
-        SjalignError: the optimizer state does not fit the model.
+        FileFormatError: missing/unreadable file, wrong format tag, or missing/corrupt fields.
     """
     path = Path(run_dir) / TRAIN_STATE_FILE
     tensors, metadata = read_safetensors(path, TRAIN_STATE_FORMAT)
     try:
-        return _restore_train_state(path, tensors, metadata, optimizer, generator)
+        config = _config_from_metadata(path, metadata) if "config" in metadata else None
+        log = json.loads(metadata.get("log", "[]"))
+        if not isinstance(log, list) or not all(isinstance(r, dict) for r in log):
+            raise ValueError("'log' is not a list of records")
+        return TrainState(path=path, epoch=int(metadata["epoch"]), step=int(metadata["step"]), config=config,
+                          log=log, flops=int(metadata.get("flops", "0")),
+                          scheduler=json.loads(metadata["scheduler"]), tensors=tensors, metadata=metadata)
     except (KeyError, ValueError, TypeError) as exc:
         raise FileFormatError(f"{path}: incomplete or corrupt train state ({type(exc).__name__}: {exc})") from None
 
 
-def _restore_train_state(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                         optimizer: torch.optim.Optimizer, generator: torch.Generator) -> dict[str, Any]:
+def restore_train_state(state: TrainState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        generator: torch.Generator) -> None:
+    """Load a :class:`TrainState` into the objective, its optimizer and the RNGs, in place.
+
+    Weights come from the train state itself; an older train state without ``model.*``
+    tensors takes them from the sibling checkpoint, which must be of the same epoch.
+
+    Raises:
+        FileFormatError: missing/corrupt fields, or an old train state whose checkpoint is of
+            another epoch.
+        SjalignError: weights or optimizer state that do not fit the model.
+    """
+    path = state.path
+    weights = state.model_state()
+    if not weights:
+        tensors, _, meta = load_checkpoint(path.parent)
+        if meta.get("epoch") != str(state.epoch):
+            raise FileFormatError(f"{path}: checkpoint (epoch {meta.get('epoch')}) and train state (epoch "
+                                  f"{state.epoch}) disagree; the run was interrupted while saving")
+        weights = tensors
+    device = next(iter(model.state_dict().values()), torch.zeros(0)).device
+    try:
+        model.load_state_dict({k: v.to(device) for k, v in weights.items()})
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise SjalignError(f"{path}: weights do not fit this model ({first})") from None
+    try:
+        _restore_optimizer_and_rng(path, state.tensors, state.metadata, optimizer, generator)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise FileFormatError(f"{path}: incomplete or corrupt train state ({type(exc).__name__}: {exc})") from None
+
+
+def _restore_optimizer_and_rng(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                               optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):
@@ -200,8 +285,28 @@ def _restore_train_state(path: Path, tensors: dict[str, torch.Tensor], metadata:
     cuda_states = [tensors[f"rng.cuda.{k}"] for k in range(sum(n.startswith("rng.cuda.") for n in tensors))]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
-    return {"epoch": int(metadata["epoch"]), "step": int(metadata["step"]),
-            "scheduler": json.loads(metadata["scheduler"])}
+
+
+def checkpoint_epoch(run_dir: str | os.PathLike) -> int | None:
+    """The ``epoch`` in a run's checkpoint metadata (tensors are not read); None if missing or unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(resolve_checkpoint_path(run_dir)), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return int(meta["epoch"]) if meta.get("sjalign.format") == CHECKPOINT_FORMAT else None
+    except Exception:  # noqa: BLE001 - missing, not safetensors (SafetensorError), no epoch
+        return None
+
+
+def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temp files (``.NAME.*.tmp``) a killed writer left beside the run's files."""
+    removed = []
+    for name in (CHECKPOINT_FILE, TRAIN_STATE_FILE, CONFIG_FILE, LOG_FILE):
+        for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def write_config_json(run_dir: str | os.PathLike, config: PretrainConfig) -> Path:

@@ -1,11 +1,13 @@
-"""The pretraining loop: one trainer for every objective, CPU or CUDA.
+"""The pretraining loop: one trainer for every objective, CPU or CUDA, one process or many.
 
 Each step reads as I-JEPA's: 1. forward (loss of the objective on a masked batch),
 2. backward + AdamW step (learning rate from a per-step warm-up + cosine schedule),
 3. the objective's ``after_step`` (EMA update of the target encoder). After every epoch
-the run directory gets an atomic checkpoint, the resume state and one log line.
+the run directory gets an atomic resume state, checkpoint and log line (with the
+cumulative training FLOPs, see :mod:`sjalign.jepa.flops`).
 
-Example::
+Example (one process; for several, launch the CLI with ``torchrun``, see
+:mod:`sjalign.jepa.distributed`)::
 
     from sjalign.data import load_dataset, view_images
     from sjalign.jepa import PretrainConfig, pretrain
@@ -14,6 +16,10 @@ Example::
     ds = load_dataset(cfg.dataset, max_states=cfg.max_states)
     summary = pretrain(cfg, view_images(ds.images, ds.state_ids, cfg.view), Path("runs/top"))
     # later, after an interruption: pretrain(cfg, images, Path("runs/top"), resume=True)
+
+``images`` may also be a map-style ``torch.utils.data.Dataset`` whose items are (C, H, W)
+float32 tensors: batches are then read through a DataLoader (``config.num_workers``) in the
+same seeded order, with the same results as the tensor.
 """
 
 from __future__ import annotations
@@ -22,20 +28,26 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Union
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from sjalign import __version__
 from sjalign.device import autocast, resolve_device
 from sjalign.errors import SjalignError
 from sjalign.jepa import checkpoint as ckpt
+from sjalign.jepa import distributed as ddp
 from sjalign.jepa.config import PretrainConfig
+from sjalign.jepa.flops import StepFlops, signature
 from sjalign.jepa.objectives import build_objective
 
+StartCallback = Callable[[dict[str, Any]], None]
 StepCallback = Callable[[int, int, float, float], None]
 EpochCallback = Callable[[dict[str, Any]], None]
+Images = Union[torch.Tensor, Dataset]
 
 __all__ = ["PretrainConfig", "pretrain", "lr_at"]
 
@@ -62,150 +74,287 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 
 def _check_resumable(path: Path, saved: PretrainConfig, config: PretrainConfig) -> None:
-    """Refuse to resume a checkpoint made for another objective, architecture or data."""
-    fields = [k for k in ("objective", "vit", "pred_dim", "pred_depth")
-              if saved.architecture()[k] != config.architecture()[k]]
-    fields += [k for k in ("dataset", "view") if getattr(saved, k) != getattr(config, k)]
-    if fields:
-        diffs = ", ".join(f"{k}: checkpoint {getattr(saved, k)!r} vs config {getattr(config, k)!r}" for k in fields)
-        raise SjalignError(f"{path}: cannot resume, the config differs ({diffs})")
+    """Refuse to resume a run made for another objective, architecture or data (one line)."""
+    old, new = saved.architecture(), config.architecture()
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{key}.{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}"
+                      for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f"{key}: checkpoint {a!r} vs config {b!r}")
+    diffs += [f"{k}: checkpoint {getattr(saved, k)!r} vs config {getattr(config, k)!r}"
+              for k in ("dataset", "view") if getattr(saved, k) != getattr(config, k)]
+    if diffs:
+        raise SjalignError(f"{path}: cannot resume, the config differs ({', '.join(diffs)})")
 
 
-def pretrain(config: PretrainConfig, images: torch.Tensor, out_dir: str | Path, *, resume: bool = False,
-             overwrite: bool = False, on_step: StepCallback | None = None,
-             on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+class _EpochPlan(torch.utils.data.Sampler):
+    """The DataLoader's batch sampler: this epoch's index batches, set by the trainer."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _Feed:
+    """This rank's batches, in the order the trainer drew: from a tensor, or a Dataset via a DataLoader.
+
+    Args:
+        images: (n, C, H, W) float tensor, or a map-style Dataset of (C, H, W) float32 tensors.
+        expected: (C, H, W) the architecture takes.
+        model_name: for messages.
+    """
+
+    def __init__(self, images: Images, expected: tuple[int, int, int], model_name: str) -> None:
+        self.images = images
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4 or images.shape[0] == 0:
+                raise SjalignError(f"pretrain: no images to train on (got a tensor of shape {tuple(images.shape)})")
+            self.n, item = images.shape[0], tuple(images.shape[1:])
+        elif isinstance(images, Dataset):
+            try:
+                self.n = len(images)  # type: ignore[arg-type]
+            except TypeError:
+                raise SjalignError(f"pretrain: the dataset {type(images).__name__} has no length "
+                                   f"(a map-style Dataset is needed)") from None
+            if self.n == 0:
+                raise SjalignError(f"pretrain: no images to train on (the dataset {type(images).__name__} is empty)")
+            first = images[0]
+            if not isinstance(first, torch.Tensor):
+                raise SjalignError(f"pretrain: items of the dataset {type(images).__name__} must be (C, H, W) "
+                                   f"float tensors, got {type(first).__name__}")
+            item = tuple(first.shape)
+        else:
+            raise SjalignError(f"pretrain: images must be a tensor or a torch Dataset, got {type(images).__name__}")
+        if item != expected:
+            raise SjalignError(f"pretrain: images of shape {item} do not fit model '{model_name}' "
+                               f"(expects {expected})")
+
+    def start(self, device: torch.device, num_workers: int, seed: int) -> None:
+        """Put a tensor on the device, or open the DataLoader (workers persist across epochs)."""
+        self.device = device
+        if isinstance(self.images, torch.Tensor):
+            self.data = self.images.to(device, torch.float32)
+            return
+        self.plan = _EpochPlan()
+        self.loader = DataLoader(self.images, batch_sampler=self.plan, num_workers=num_workers,
+                                 pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+                                 generator=torch.Generator().manual_seed(seed))  # not the global RNG
+
+    def epoch(self, batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Yield (b, C, H, W) float32 batches on the device for each index batch."""
+        if isinstance(self.images, torch.Tensor):
+            for idx in batches:
+                yield self.data[idx.to(self.device)]
+            return
+        self.plan.batches = [idx.tolist() for idx in batches]
+        try:
+            for x in self.loader:
+                yield x.to(self.device, torch.float32, non_blocking=True)
+        except SjalignError as exc:  # raised in a worker: keep the original one-line message
+            lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+            if len(lines) > 1 and "Original Traceback" in str(exc):
+                last = lines[-1].split(": ", 1)
+                raise type(exc)(last[-1]) from None
+            raise
+
+
+def _masks_to(masks: Any, device: torch.device) -> Any:
+    """Move every masks field to the device; a stride-0 batch-shared field moves one row and is re-expanded."""
+    fields = []
+    for t in masks:
+        if t.device == device:
+            fields.append(t)
+        elif t.ndim and t.shape[0] > 1 and t.stride(0) == 0:
+            fields.append(t[:1].to(device, non_blocking=True).expand(t.shape))
+        else:
+            fields.append(t.to(device, non_blocking=True))
+    return masks._make(fields) if hasattr(masks, "_make") else type(masks)(fields)
+
+
+def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, resume: bool = False,
+             overwrite: bool = False, on_start: StartCallback | None = None,
+             on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
     """Train one encoder with ``config.objective`` and checkpoint it every epoch.
 
-    Seeds torch's global RNG with ``config.seed`` (model initialisation) and draws
+    Seeds torch's (and numpy's) global RNG with ``config.seed`` (model initialisation) and draws
     shuffling and masks from a CPU ``torch.Generator`` seeded with it, so a run is
-    reproducible on one machine and a resumed run continues the same stream.
+    reproducible on one machine and a resumed run continues the same stream (a run killed
+    with ``kill -9`` and resumed ends with the same weights, bit for bit, on the CPU).
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1), it trains with DistributedDataParallel:
+    ``config.batch_size`` is the global batch, split evenly across ranks, every rank draws
+    the same order and masks and trains on its slice, and rank 0 alone writes files and
+    calls the callbacks (see :mod:`sjalign.jepa.distributed`).
 
     Args:
         config: the run's config (written into every output).
-        images: (n, C, H, W) float32 observations in [0, 1] (one view of the dataset).
+        images: (n, C, H, W) float32 observations in [0, 1] (one view of the dataset), or a
+            map-style ``torch.utils.data.Dataset`` whose item i is such a (C, H, W) float32
+            tensor (read through a DataLoader with ``config.num_workers`` workers).
         out_dir: run directory (created if needed).
-        resume: continue from ``out_dir``'s checkpoint and ``train_state.safetensors``.
+        resume: continue from ``out_dir``'s ``train_state.safetensors``.
         overwrite: start afresh (deleting its checkpoint, train state and log) even if
             ``out_dir`` already holds a run.
+        on_start: called once every check has passed, before the first step, with
+            ``{"device", "world_size", "n", "steps_per_epoch", "total_steps", "start_epoch",
+            "resumed"}`` (so a caller prints nothing for a refused run).
         on_step: called after every optimizer step with
-            (step, total_steps, loss, img_per_s); step counts from 1.
+            (step, total_steps, loss, img_per_s); step counts from 1; the loss is rank 0's,
+            img/s counts all ranks.
         on_epoch: called after each epoch's checkpoint with the epoch's log record
-            ``{"epoch", "loss", "img_per_s", "seconds", "lr", "momentum", "step"}``.
+            ``{"epoch", "loss", "img_per_s", "flops", "seconds", "lr", "momentum", "step"}``;
+            ``flops`` is the cumulative training FLOPs of all ranks (forward + backward, with
+            ``torch.utils.flop_counter``'s formulas; see :mod:`sjalign.jepa.flops`).
 
     Returns:
         Summary ``{"out_dir", "checkpoint", "epochs", "steps", "loss", "first_loss",
-        "seconds", "img_per_s", "device", "num_params", "resumed_from"}``.
+        "seconds", "img_per_s", "flops", "device", "world_size", "num_params",
+        "resumed_from", "version"}``.
 
     Raises:
         SjalignError: empty dataset, images that do not fit the architecture, unknown
-            objective, an existing run without ``resume``/``overwrite``, or a checkpoint
-            that cannot be resumed with this config.
+            objective, an existing run without ``resume``/``overwrite``, a run that cannot be
+            resumed with this config, or a global batch not divisible by the world size.
     """
     out_dir = Path(out_dir)
     vit = config.vit
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise SjalignError(f"pretrain: no images to train on (got a tensor of shape {tuple(images.shape)})")
-    if tuple(images.shape[1:]) != (vit.in_chans, vit.img_size, vit.img_size):
-        raise SjalignError(f"pretrain: images of shape {tuple(images.shape[1:])} do not fit model '{config.model}' "
-                           f"(expects {(vit.in_chans, vit.img_size, vit.img_size)})")
+    feed = _Feed(images, (vit.in_chans, vit.img_size, vit.img_size), config.model)
+    state = None
+    if resume:
+        if not (out_dir / ckpt.TRAIN_STATE_FILE).is_file():
+            raise SjalignError(f"{out_dir / ckpt.TRAIN_STATE_FILE}: no such file, nothing to resume (no epoch of this "
+                               f"run has finished; start it afresh)")
+        state = ckpt.load_train_state(out_dir)
+        saved = state.config if state.config is not None else ckpt.load_checkpoint(out_dir)[1]
+        _check_resumable(state.path, saved, config)
+    elif (out_dir / ckpt.CHECKPOINT_FILE).exists() and not overwrite:
+        raise SjalignError(f"{out_dir / ckpt.CHECKPOINT_FILE} already exists (resume it, or overwrite)")
     device = resolve_device(config.device)
     if config.precision == "bf16" and device.type != "cuda":
         warnings.warn("precision bf16 is used on CUDA only; training in fp32 on the CPU", stacklevel=2)
 
-    torch.manual_seed(config.seed)
-    model = build_objective(config).to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
-                                  fused=device.type == "cuda" or None)
-    generator = torch.Generator().manual_seed(config.seed)  # shuffling and masks (CPU)
+    info, device = ddp.setup(device)
+    try:
+        return _train(config, feed, out_dir, state, info, device, on_start, on_step, on_epoch)
+    finally:
+        ddp.teardown(info)
 
-    n = images.shape[0]
-    batch_size = min(config.batch_size, n)
+
+def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.TrainState | None,
+           info: ddp.DistInfo, device: torch.device, on_start: StartCallback | None,
+           on_step: StepCallback | None, on_epoch: EpochCallback | None) -> dict[str, Any]:
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)  # saved and restored with the train state; nothing here draws from it
+    model = build_objective(config).to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, fused=True)
+    generator = torch.Generator().manual_seed(config.seed)  # shuffling and masks (CPU), the same on every rank
+
+    n = feed.n
+    batch_size = min(config.batch_size, n)  # global
+    rows = ddp.local_slice(batch_size, info)
     steps_per_epoch = n // batch_size  # the last incomplete batch is dropped
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
 
-    start_epoch, step, log = 0, 0, []
-    if resume:
-        tensors, saved, meta = ckpt.load_checkpoint(out_dir)
-        _check_resumable(out_dir / ckpt.CHECKPOINT_FILE, saved, config)
-        model.load_state_dict({k: v.to(device) for k, v in tensors.items()})
-        state = ckpt.load_train_state(out_dir, optimizer, generator)
-        try:
-            saved_epoch = int(meta["epoch"])
-        except (KeyError, ValueError):
-            raise SjalignError(f"{out_dir}: checkpoint metadata has no valid 'epoch'") from None
-        start_epoch, step = state["epoch"], state["step"]
-        if saved_epoch != start_epoch:
-            raise SjalignError(f"{out_dir}: checkpoint (epoch {saved_epoch}) and train state (epoch "
-                               f"{start_epoch}) disagree; the run was interrupted while saving")
+    start_epoch, step, log, flops = 0, 0, [], 0
+    if state is not None:
+        ckpt.restore_train_state(state, model, optimizer, generator)
+        start_epoch, step, log, flops = state.epoch, state.step, list(state.log), state.flops
         if step != start_epoch * steps_per_epoch:
             raise SjalignError(f"{out_dir}: cannot resume with a different dataset size or batch size "
                                f"({step} steps in {start_epoch} epochs, now {steps_per_epoch} steps per epoch)")
-        log = [r for r in ckpt.read_log(out_dir) if r.get("epoch", 0) <= start_epoch]
-    else:
-        if (out_dir / ckpt.CHECKPOINT_FILE).exists() and not overwrite:
-            raise SjalignError(f"{out_dir / ckpt.CHECKPOINT_FILE} already exists (resume it, or overwrite)")
+        if info.is_main:  # a kill after the train state but before these: rebuild them from it
+            ckpt.remove_stale_temp_files(out_dir)
+            if ckpt.checkpoint_epoch(out_dir) != start_epoch:
+                ckpt.save_checkpoint(out_dir, model, config, epoch=start_epoch)
+            ckpt.write_log(out_dir, log)
+    elif info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in (ckpt.CHECKPOINT_FILE, ckpt.TRAIN_STATE_FILE, ckpt.LOG_FILE):
             (out_dir / name).unlink(missing_ok=True)  # a fresh run leaves nothing of an old one
-    ckpt.write_config_json(out_dir, config)
+    if info.is_main:
+        ckpt.write_config_json(out_dir, config)
+    ddp.barrier(info)
 
     if config.compile:
         for module in model.children():
             module.compile()
     amp = autocast(device, config.precision)
-    data = images.to(device, torch.float32)
+    feed.start(device, config.num_workers, config.seed)
+    net = ddp.wrap(model, info, device)  # forward through DDP; everything else on the objective
     params = model.trainable_parameters()
     num_params = sum(p.numel() for p in model.export_encoder().parameters())
+    counter = StepFlops()
     t_run, seen_run, lr, momentum = time.perf_counter(), 0, config.lr, config.ema[0]
     model.train()
+    if on_start is not None and info.is_main:
+        on_start({"device": str(device), "world_size": info.world_size, "n": n, "steps_per_epoch": steps_per_epoch,
+                  "total_steps": total_steps, "start_epoch": start_epoch, "resumed": state is not None})
 
     for epoch in range(start_epoch, config.epochs):
         t_epoch, loss_sum = time.perf_counter(), torch.zeros((), device=device)
         order = torch.randperm(n, generator=generator)
-        for i in range(steps_per_epoch):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            masks = model.sample_masks(batch_size, generator)
-            masks = type(masks)(*(m.to(device, non_blocking=True) for m in masks))
+        batches = [order[i * batch_size:(i + 1) * batch_size][rows] for i in range(steps_per_epoch)]
+        for i, x in enumerate(feed.epoch(batches)):  # x: (b, C, H, W), this rank's rows
+            masks = model.sample_masks(batch_size, generator)  # the global batch's, on every rank
+            if info.enabled:
+                masks = ddp.shard_masks(masks, rows, batch_size)
+            masks = _masks_to(masks, device)
             lr = lr_at(step, total_steps, warmup_steps, config.lr, config.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            # 1. forward
-            with amp:
-                loss = model(data[idx.to(device)], masks)
-            # 2. backward + step
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with counter.count(signature(x, masks)) as key:
+                # 1. forward
+                with amp:
+                    loss = net(x, masks)
+                # 2. backward (DDP averages the gradients over ranks) + step
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            flops += counter[key] * info.world_size
             if config.grad_clip:
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
-            # 3. EMA (objective-specific)
+            # 3. EMA (objective-specific), identical on every rank
             momentum = model.after_step(step, total_steps)
             step += 1
             loss_sum += loss.detach()
-            if on_step is not None:
+            if on_step is not None and info.is_main:
                 img_s = (i + 1) * batch_size / max(time.perf_counter() - t_epoch, 1e-9)
                 on_step(step, total_steps, loss.item(), img_s)  # the only per-step sync, and only with a listener
 
+        loss_mean = ddp.all_mean(loss_sum, info).item() / steps_per_epoch
         seconds = time.perf_counter() - t_epoch
         seen_run += steps_per_epoch * batch_size
-        record = {"epoch": epoch + 1, "loss": loss_sum.item() / steps_per_epoch, "lr": lr, "momentum": momentum,
-                  "step": step, "seconds": round(seconds, 3),
-                  "img_per_s": round(steps_per_epoch * batch_size / max(seconds, 1e-9), 1)}
-        ckpt.save_train_state(out_dir, optimizer, epoch=epoch + 1, step=step, generator=generator,
-                              scheduler={"step": step, "total_steps": total_steps, "warmup_steps": warmup_steps})
-        ckpt.save_checkpoint(out_dir, model, config, epoch=epoch + 1)
+        record = {"epoch": epoch + 1, "loss": loss_mean, "lr": lr, "momentum": momentum, "step": step,
+                  "seconds": round(seconds, 3), "img_per_s": round(steps_per_epoch * batch_size / max(seconds, 1e-9), 1),
+                  "flops": flops}
         log.append(record)
-        ckpt.write_log(out_dir, log)
-        if on_epoch is not None:
-            on_epoch(record)
+        if info.is_main:  # the train state first: it is the commit point
+            ckpt.save_train_state(out_dir, model, optimizer, config=config, epoch=epoch + 1, step=step,
+                                  generator=generator, log=log, flops=flops,
+                                  scheduler={"step": step, "total_steps": total_steps, "warmup_steps": warmup_steps})
+            ckpt.save_checkpoint(out_dir, model, config, epoch=epoch + 1)
+            ckpt.write_log(out_dir, log)
+            if on_epoch is not None:
+                on_epoch(record)
 
-    if config.epochs == 0:  # the untrained control: same architecture and seed, no step taken
+    if config.epochs == 0 and info.is_main:  # the untrained control: same architecture and seed, no step taken
         ckpt.save_checkpoint(out_dir, model, config, epoch=0)
+    ddp.dump_rank_weights(model, info)
     seconds = time.perf_counter() - t_run
     return {
         "out_dir": str(out_dir), "checkpoint": str(out_dir / ckpt.CHECKPOINT_FILE), "epochs": config.epochs,
         "steps": step, "loss": log[-1]["loss"] if log else None, "first_loss": log[0]["loss"] if log else None,
-        "seconds": round(seconds, 3), "img_per_s": round(seen_run / max(seconds, 1e-9), 1), "device": str(device),
-        "num_params": num_params, "resumed_from": start_epoch if resume else None, "version": __version__,
+        "seconds": round(seconds, 3), "img_per_s": round(seen_run / max(seconds, 1e-9), 1), "flops": flops,
+        "device": str(device), "world_size": info.world_size, "num_params": num_params,
+        "resumed_from": state.epoch if state is not None else None, "version": __version__,
     }
+

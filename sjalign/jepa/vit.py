@@ -240,7 +240,8 @@ class Predictor(nn.Module):
 
     Context tokens are projected D -> P and given their positions; one learned mask
     token plus the target positions stands in for each target patch; after
-    ``depth`` blocks the target slots are projected back P -> D.
+    ``depth`` blocks the target slots are projected back P -> D (or P -> ``out_dim``:
+    the MAE / autoencoder pixel decoders reuse it with out_dim = patch_size² · C).
 
     Args:
         embed_dim: encoder width D.
@@ -249,39 +250,43 @@ class Predictor(nn.Module):
         num_heads: attention heads.
         grid_size: patches per side of the encoder grid.
         mlp_ratio: MLP hidden width as a multiple of P.
+        out_dim: width of the predicted tokens; None means D.
 
     References:
         Assran et al. 2023 (I-JEPA), arXiv:2301.08243, ``VisionTransformerPredictor``.
     """
 
     def __init__(self, embed_dim: int, pred_dim: int, depth: int, num_heads: int, grid_size: int,
-                 mlp_ratio: float = 4.0) -> None:
+                 mlp_ratio: float = 4.0, out_dim: int | None = None) -> None:
         super().__init__()
         self.embed = nn.Linear(embed_dim, pred_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_dim))
         self.register_buffer("pos_embed", sincos_pos_embed_2d(pred_dim, grid_size)[None], persistent=False)
         self.blocks = nn.ModuleList(Block(pred_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(pred_dim, eps=1e-6)
-        self.proj = nn.Linear(pred_dim, embed_dim)
+        self.proj = nn.Linear(pred_dim, out_dim or embed_dim)
         _init_weights(self, self.blocks)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
-    def forward(self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, context: torch.Tensor, context_idx: torch.Tensor | None, target_idx: torch.Tensor) -> torch.Tensor:
         """Predict target tokens.
 
         Args:
             context: (B, K, D) context-encoder tokens.
-            context_idx: (B, K) int64 grid positions of the context tokens.
+            context_idx: (B, K) int64 grid positions of the context tokens, or None for
+                tokens without a position (e.g. one pooled code per image).
             target_idx: (B, T) int64 grid positions to predict.
 
         Returns:
-            (B, T, D) predicted target tokens.
+            (B, T, out_dim) predicted target tokens (out_dim = D by default).
         """
         B, K, _ = context.shape
         pos = self.pos_embed.to(context.dtype).expand(B, -1, -1)  # (B, N, P)
-        ctx = self.embed(context) + gather_tokens(pos, context_idx)  # (B, K, P)
+        ctx = self.embed(context)  # (B, K, P)
+        if context_idx is not None:
+            ctx = ctx + gather_tokens(pos, context_idx)
         tgt = self.mask_token.to(context.dtype) + gather_tokens(pos, target_idx)  # (B, T, P)
         h = torch.cat([ctx, tgt], dim=1)  # (B, K + T, P)
         for blk in self.blocks:
             h = blk(h)
-        return self.proj(self.norm(h[:, K:]))  # (B, T, D)
+        return self.proj(self.norm(h[:, K:]))  # (B, T, out_dim)

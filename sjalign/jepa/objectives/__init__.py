@@ -10,7 +10,9 @@ prefixes, with:
 - ``forward(images, masks)`` -> scalar loss,
 - ``after_step(step, total_steps)`` -> float, called after each optimizer step (EMA).
 
-Add an objective by writing its module and adding it to :data:`OBJECTIVES`.
+Add an objective by writing its module and adding it to :data:`OBJECTIVES`. Pure loss
+functions live in :mod:`sjalign.jepa.objectives.losses`. Every field of the masks tuple is
+batch-first (see :mod:`sjalign.jepa.objectives.common`), so it can be sliced per rank.
 """
 
 from __future__ import annotations
@@ -18,9 +20,18 @@ from __future__ import annotations
 from torch import nn
 
 from sjalign.errors import SjalignError
+from sjalign.jepa.objectives.ae import AutoEncoder
+from sjalign.jepa.objectives.cjepa import CJEPA
 from sjalign.jepa.objectives.ijepa import IJEPA, ema_momentum, ema_update, ijepa_loss
+from sjalign.jepa.objectives.lejepa import LeJEPA
+from sjalign.jepa.objectives.lpjepa import LpJEPA
+from sjalign.jepa.objectives.mae import MAE
+from sjalign.jepa.objectives.simclr import SimCLR
 
-OBJECTIVES: dict[str, type[nn.Module]] = {"ijepa": IJEPA}
+OBJECTIVES: dict[str, type[nn.Module]] = {
+    "ijepa": IJEPA, "lejepa": LeJEPA, "cjepa": CJEPA, "lpjepa": LpJEPA, "mae": MAE, "simclr": SimCLR,
+    "ae": AutoEncoder,
+}
 
 
 def build_objective(config) -> nn.Module:
@@ -34,4 +45,5 @@ def build_objective(config) -> nn.Module:
     return OBJECTIVES[config.objective].from_config(config)
 
 
-__all__ = ["OBJECTIVES", "IJEPA", "build_objective", "ema_momentum", "ema_update", "ijepa_loss"]
+__all__ = ["OBJECTIVES", "AutoEncoder", "CJEPA", "IJEPA", "LeJEPA", "LpJEPA", "MAE", "SimCLR", "build_objective",
+           "ema_momentum", "ema_update", "ijepa_loss"]

@@ -1,0 +1,148 @@
+"""C-JEPA: I-JEPA + β_vicreg·VICReg on pooled, projected context embeddings.
+
+Train step (Mo & Tong 2024, NeurIPS, "Connecting Joint-Embedding Predictive Architecture
+with Contrastive Self-supervised Learning", Eqs. 13-14)::
+
+    s        = LN(f_target(x))[targets]                      # EMA target, stop-gradient
+    z_v      = f(x[context_v]),  v = 1, 2                    # two context blocks per image
+    L_pred   = mean_v mean (g(z_v) − sg(s))²                 # I-JEPA, per element
+    h_v      = head(mean_p z_v)                              # (B, P) projected pooled contexts
+    L        = L_pred + β_vicreg·(β_sim·inv(h_1, h_2) + β_std·var + β_cov·cov)
+
+C-JEPA computes VICReg on the context embeddings of several mask blocks of one image, the
+invariance term between different blocks. Our I-JEPA draws one context block per image, so
+the second view is a **second context block**, drawn like the first (its own size and
+place, the same targets removed): both predict the same targets (I-JEPA with two encoder
+masks) and VICReg ties their pooled embeddings together (invariance) while keeping every
+projected dimension spread (variance) and decorrelated (covariance).
+
+The prediction term is the per-element mean of I-JEPA's loss (``ijepa_loss / D``): C-JEPA's
+I-JEPA term is a per-element average, and the β's (0.001, 25, 25, 1) are balanced against
+that. The EMA target encoder is the exported encoder, as for ``ijepa``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from sjalign.jepa.masks import MaskConfig, _place_blocks, keep_k_indices, sample_block_size, sample_masks
+from sjalign.jepa.objectives.common import MLPHead, block_major
+from sjalign.jepa.objectives.ijepa import IJEPA, ijepa_loss
+from sjalign.jepa.objectives.losses import vicreg_terms
+from sjalign.jepa.vit import ViTConfig, gather_tokens
+
+
+class TwoContextMasks(NamedTuple):
+    """I-JEPA masks with a second context block per sample (all batch-first, CPU).
+
+    Attributes:
+        context: (B, Kc) int64 first context block.
+        targets: (B, M, Kt) int64 target blocks.
+        context2: (B, Kc2) int64 second context block, the same targets removed.
+    """
+
+    context: torch.Tensor
+    targets: torch.Tensor
+    context2: torch.Tensor
+
+
+def second_context(targets: torch.Tensor, grid: tuple[int, int], config: MaskConfig, *,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Draw one more context block per sample, with the targets removed as :func:`sample_masks` does.
+
+    Args:
+        targets: (B, M, Kt) int64 target-block patch indices.
+        grid: (gh, gw).
+        config: mask hyper-parameters (context scale and aspect, ``min_keep``).
+        generator: CPU generator.
+
+    Returns:
+        (B, Kc2) int64 sorted indices (cut to the batch's smallest count, a random subset).
+    """
+    B, M, _ = targets.shape
+    n = grid[0] * grid[1]
+    size = sample_block_size(grid, config.context_scale, config.context_aspect, generator=generator)
+    block = _place_blocks((B,), grid, size, generator).reshape(B, n)  # (B, N)
+    tmask = torch.zeros(B, M, n, dtype=torch.bool).scatter_(2, targets, True)  # (B, M, N)
+    covered = torch.cat([torch.zeros(B, 1, n, dtype=torch.bool), tmask.cumsum(1) > 0], 1)  # (B, M+1, N)
+    candidates = block[:, None] & ~covered  # (B, M+1, N)
+    ok = candidates.sum(-1) > config.min_keep
+    ok[:, 0] = True
+    best = torch.where(ok, torch.arange(M + 1), -1).amax(1)  # (B,)
+    context = candidates[torch.arange(B), best]  # (B, N)
+    return keep_k_indices(context, int(context.sum(-1).min()), generator=generator)
+
+
+class CJEPA(IJEPA):
+    """I-JEPA (context encoder, EMA target encoder, predictor) plus a VICReg projection head.
+
+    Submodules (checkpoint prefixes): ``encoder.*``, ``target_encoder.*`` (EMA, exported),
+    ``predictor.*``, ``vicreg_head.*``.
+
+    Args:
+        vit: encoder architecture.
+        pred_dim: predictor width.
+        pred_depth: predictor blocks.
+        ema: (start, end) EMA momentum.
+        proj_dim: projection head hidden and output width P.
+        vicreg_weight: β_vicreg (C-JEPA: 0.001).
+        vicreg_coeffs: (β_sim, β_std, β_cov) (C-JEPA: 25, 25, 1).
+        masks: multi-block mask hyper-parameters.
+    """
+
+    name = "cjepa"
+    export_prefix = "target_encoder"
+
+    def __init__(self, vit: ViTConfig, *, pred_dim: int = 64, pred_depth: int = 2,
+                 ema: tuple[float, float] = (0.996, 1.0), proj_dim: int = 256, vicreg_weight: float = 0.001,
+                 vicreg_coeffs: tuple[float, float, float] = (25.0, 25.0, 1.0),
+                 masks: MaskConfig = MaskConfig()) -> None:
+        super().__init__(vit, pred_dim=pred_dim, pred_depth=pred_depth, ema=ema, masks=masks)
+        self.vicreg_weight, self.vicreg_coeffs = vicreg_weight, tuple(vicreg_coeffs)
+        self.vicreg_head = MLPHead(vit.embed_dim, proj_dim, proj_dim)
+        self.last_terms: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, config) -> "CJEPA":
+        """Build from a :class:`sjalign.jepa.config.PretrainConfig`."""
+        return cls(config.vit, pred_dim=config.pred_dim, pred_depth=config.pred_depth, ema=config.ema,
+                   proj_dim=config.proj_dim, vicreg_weight=config.vicreg_weight,
+                   vicreg_coeffs=config.vicreg_coeffs)
+
+    def sample_masks(self, batch_size: int, generator: torch.Generator) -> TwoContextMasks:
+        """Multi-block masks and a second context block per sample (drawn on the CPU)."""
+        m = sample_masks(batch_size, self.grid, self.mask_config, generator=generator)
+        c2 = second_context(m.targets, self.grid, self.mask_config, generator=generator)
+        return TwoContextMasks(m.context, m.targets, c2)
+
+    def forward(self, images: torch.Tensor, masks: TwoContextMasks) -> torch.Tensor:
+        """C-JEPA loss of one batch.
+
+        Args:
+            images: (B, C, H, W) images.
+            masks: :class:`TwoContextMasks` on the images' device.
+
+        Returns:
+            () scalar loss; ``self.last_terms`` keeps the detached ``pred``, ``inv``, ``var``
+            and ``cov`` terms.
+        """
+        B, M, T = masks.targets.shape
+        targets = masks.targets.transpose(0, 1).reshape(M * B, T)  # (M*B, T), block-major
+        with torch.no_grad():
+            s = self.target_encoder.forward_features(images)  # (B, N, D)
+            s = F.layer_norm(s, s.shape[-1:])
+            s = block_major(gather_tokens(s, masks.targets.reshape(B, M * T)), M)  # (M*B, T, D)
+        preds, pooled = [], []
+        for ctx in (masks.context, masks.context2):
+            z = self.encoder(images, keep=ctx)  # (B, K, D)
+            pred = self.predictor(z.repeat(M, 1, 1), ctx.repeat(M, 1), targets)  # (M*B, T, D)
+            preds.append(ijepa_loss(pred, s) / s.shape[-1])
+            pooled.append(z.mean(1))  # (B, D)
+        pred_loss = (preds[0] + preds[1]) / 2
+        inv, var, cov = vicreg_terms(torch.stack([self.vicreg_head(v) for v in pooled]))  # views (2, B, P)
+        b_sim, b_std, b_cov = self.vicreg_coeffs
+        self.last_terms = {"pred": pred_loss.detach(), "inv": inv.detach(), "var": var.detach(), "cov": cov.detach()}
+        return pred_loss + self.vicreg_weight * (b_sim * inv + b_std * var + b_cov * cov)
