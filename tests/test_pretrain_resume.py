@@ -179,6 +179,19 @@ def test_cli_resume_refuses_other_objective_or_architecture(runner, tmp_path):
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
 
 
+@needs_fashion_mnist
+def test_cli_resume_keeps_the_runs_own_objective_options(runner, tmp_path):
+    """--resume without --reg-weight continues with the run's λ, not the objective's default."""
+    run = tmp_path / "run"
+    base = ["pretrain", "--objective", "lejepa", "--max-states", "70", "--batch-size", "30", "--device", "cpu",
+            "--num-slices", "16", "-o", str(run)]
+    assert runner.invoke(app, base + ["--epochs", "1", "--reg-weight", "0.5", "--json"]).exit_code == 0
+    res = runner.invoke(app, base[:-2] + ["-o", str(run), "--epochs", "2", "--resume", "--json"])
+    assert res.exit_code == 0, res.output
+    saved = PretrainConfig.from_json((run / "config.json").read_text())
+    assert (saved.reg_weight, saved.num_slices, saved.epochs) == (0.5, 16, 2)
+
+
 # --- a Dataset instead of a tensor ------------------------------------------------------
 
 class TensorItems(torch.utils.data.Dataset):

@@ -55,6 +55,30 @@ def _objective_options(objective: str, **values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _resumed_options(run_dir: Path, objective: str, given: dict) -> dict:
+    """On --resume, the run's own epochs, batch size, lr and objective options where none is given again.
+
+    Without this a resumed run would silently fall back to the defaults (say ``--reg-weight``
+    0.05 where the run was started with 0.5). A run of another objective is left to the
+    trainer, which refuses it with the differing fields.
+    """
+    from sjalign.errors import SjalignError
+    from sjalign.jepa.checkpoint import CONFIG_FILE
+    from sjalign.jepa.config import OBJECTIVE_OPTIONS, PretrainConfig
+
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return given
+    try:
+        saved = PretrainConfig.from_json(path.read_text())
+    except (OSError, UnicodeDecodeError, SjalignError):
+        return given  # the trainer reads the checkpoint's own copy and reports what is wrong
+    if saved.objective != objective:
+        return given
+    fields = ("epochs", "batch_size", "lr", *(f for f, uses in OBJECTIVE_OPTIONS.items() if objective in uses))
+    return {**{f: getattr(saved, f) for f in fields}, **given}
+
+
 @cli_command
 def pretrain_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (checkpoint, train state, config.json, log.jsonl).", file_okay=False)],
@@ -121,6 +145,8 @@ def pretrain_command(
     given |= _objective_options(objective, reg_weight=reg_weight, num_slices=num_slices, rgg_p=rgg_p, proj_dim=proj_dim,
                                 temperature=temperature, mask_ratio=mask_ratio, vicreg_weight=vicreg_weight,
                                 vicreg_coeffs=vicreg_coeffs)
+    if resume:
+        given = _resumed_options(output, objective, given)
     if split not in ("train", "test", "all"):
         raise SjalignError(f"--split '{split}': use train, test or all")
     # the same selection as `sjalign embed --max-states N --classes C`, then only its train (or test) states
