@@ -59,3 +59,64 @@ needs_fashion_mnist = pytest.mark.skipif(
     not fashion_mnist_available(),
     reason="Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)",
 )
+
+
+def run(runner, *args):
+    """Invoke the CLI in-process; a crash (not an exit) fails the test at once."""
+    from sjalign.cli.app import app
+
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def one_error_line(res, *needles, alone: bool = False) -> str:
+    """Exit 1, one ``error:`` line ending stderr (alone: the only line), no traceback, nothing on stdout."""
+    assert res.exit_code == 1, (res.exit_code, res.stderr)
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], res.stderr
+    assert not alone or len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    for needle in needles:
+        assert str(needle) in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is as fast, and far faster on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fashion_mnist_images(n: int):
+    """The first ``n`` real Fashion-MNIST states (train and test in proportion), (n, 1, 28, 28) in [0, 1].
+
+    Skips the calling test when the IDX files are not installed.
+    """
+    from sjalign.data import load_dataset, view_images
+    from sjalign.errors import SjalignError
+
+    try:
+        ds = load_dataset("fashion-mnist", max_states=n)
+    except SjalignError as exc:
+        pytest.skip(f"Fashion-MNIST not available: {exc}")
+    return view_images(ds.images, ds.state_ids, "identity")
+
+
+def tensors_of(path: Path) -> dict:
+    """Every tensor of a safetensors file, as torch tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return {k: fh.get_tensor(k) for k in fh.keys()}
+
+
+def single_error_line(res, *needles) -> str:
+    """:func:`one_error_line` where the error is the only line on stderr."""
+    return one_error_line(res, *needles, alone=True)

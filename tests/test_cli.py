@@ -10,14 +10,8 @@ import pytest
 from sjalign.cli.app import app
 from sjalign.io import write_safetensors
 
-from conftest import make_latents
+from conftest import make_latents, run
 
-
-def run(runner, *args):
-    result = runner.invoke(app, [str(a) for a in args])
-    # a clean exit (no escaped exception: no traceback reaches the user)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def test_fit_map_evaluate_transfer_json(runner, planted, tmp_path):

@@ -10,7 +10,6 @@ import struct
 import numpy as np
 import pytest
 
-from sjalign.cli.app import app
 from sjalign.data.smallnorb import SETS
 from sjalign.io import load_latents
 
@@ -18,21 +17,9 @@ from test_imagefolder import write_folder
 from test_manifest import write_capture
 from test_smallnorb import write_smallnorb
 
-
-def run(runner, *args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
+from conftest import one_error_line, run
 
 
-def one_error_line(res, *needles):
-    assert res.exit_code == 1, res.stderr
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and res.stderr.strip().endswith(lines[0]), res.stderr
-    assert "Traceback" not in res.stderr and res.stdout == ""
-    for needle in needles:
-        assert str(needle) in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def test_datasets_lists_and_describes(runner, tmp_path):

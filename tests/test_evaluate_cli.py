@@ -12,27 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sjalign.cli.app import app
 from sjalign.io import Latents, save_latents
 
-from conftest import make_latents
+from conftest import make_latents, one_error_line, run
 
 FAST = ("--permutations", "3", "--k", "5", "--device", "cpu")
 
 
-def run(runner, *args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
-
-
-def one_error_line(res, *needles):
-    assert res.exit_code == 1, (res.exit_code, res.stderr)
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and res.stderr.strip().endswith(lines[0]), res.stderr
-    assert "Traceback" not in res.stderr and res.stdout == ""
-    for needle in needles:
-        assert str(needle) in lines[0], (needle, lines[0])
 
 
 def planted_model(tmp_path: Path, name: str, *, n=300, seed=0, shifted=False, split=None, layers=False,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +28,14 @@ from sjalign.jepa import (
 )
 from sjalign.jepa.objectives.ijepa import ema_momentum, ema_update
 
+from conftest import fashion_mnist_images, tensors_of
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    """512 real Fashion-MNIST images (n, 1, 28, 28) in [0, 1]."""
+    return fashion_mnist_images(512)
+
 SMALL_VIT = ViTConfig(img_size=28, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2)
 
 
@@ -37,21 +44,6 @@ def small_config(**kw) -> PretrainConfig:
                 pred_dim=16, pred_depth=1, seed=0, device="cpu")
     return PretrainConfig(**{**base, **kw})
 
-
-@pytest.fixture(scope="module")
-def fmnist() -> torch.Tensor:
-    """512 real Fashion-MNIST images (n, 1, 28, 28) in [0, 1]."""
-    from sjalign.data import load_dataset, view_images
-    try:
-        ds = load_dataset("fashion-mnist", max_states=512)
-    except SjalignError as exc:
-        pytest.skip(f"Fashion-MNIST not available: {exc}")
-    return view_images(ds.images, ds.state_ids, "identity")
-
-
-def tensors_of(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}
 
 
 # --- ViT ---------------------------------------------------------------------------

@@ -38,6 +38,16 @@ from sjalign.jepa.objectives.losses import (
 from sjalign.jepa.objectives.mae import random_masks
 from sjalign.jepa.objectives.simclr import augment, sample_aug_params
 
+from conftest import fashion_mnist_images
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+@pytest.fixture(scope="module")
+def fmnist():
+    """448 real Fashion-MNIST images (n, 1, 28, 28) in [0, 1]."""
+    return fashion_mnist_images(448)
+
 NEW = ("lejepa", "cjepa", "lpjepa", "mae", "simclr", "ae")
 TINY = ViTConfig(img_size=28, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2)
 
@@ -54,24 +64,6 @@ def tiny_config(objective: str, **kw) -> PretrainConfig:
     return PretrainConfig(**{**base, **kw})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def fmnist() -> torch.Tensor:
-    """448 real Fashion-MNIST images (n, 1, 28, 28) in [0, 1]."""
-    from sjalign.data import load_dataset, view_images
-    try:
-        ds = load_dataset("fashion-mnist", max_states=448)
-    except SjalignError as exc:
-        pytest.skip(f"Fashion-MNIST not available: {exc}")
-    return view_images(ds.images, ds.state_ids, "identity")
 
 
 # --- SIGReg --------------------------------------------------------------------------

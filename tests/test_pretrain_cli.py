@@ -5,28 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from conftest import needs_fashion_mnist
+from conftest import needs_fashion_mnist, single_error_line
 from sjalign.cli.app import app
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def single_error_line(res, *needles: str) -> str:
-    assert res.exit_code == 1, res.output
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
-    assert "Traceback" not in res.stderr and res.stdout == ""
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @needs_fashion_mnist

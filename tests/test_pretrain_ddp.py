@@ -10,30 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
-from conftest import needs_fashion_mnist
+from conftest import needs_fashion_mnist, tensors_of
 from sjalign.cli.app import app
 from sjalign.errors import SjalignError
 from sjalign.jepa import PretrainConfig, build_objective, read_log
 from sjalign.jepa import distributed as ddp
 from sjalign.jepa.masks import Masks
 
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def tensors_of(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is as fast and does not thrash a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @needs_fashion_mnist

@@ -12,16 +12,11 @@ from sjalign.jepa import PretrainConfig, ViTConfig, build_objective, pretrain, r
 from sjalign.jepa.flops import CountFlops, StepFlops, signature
 from sjalign.jepa.objectives import OBJECTIVES
 
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL_VIT = ViTConfig(img_size=28, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is as fast and does not thrash a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_config(**kw) -> PretrainConfig:

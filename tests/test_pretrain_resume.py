@@ -12,14 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
-from conftest import needs_fashion_mnist
+from conftest import fashion_mnist_images, needs_fashion_mnist, single_error_line, tensors_of
 from sjalign.cli.app import app
 from sjalign.errors import SjalignError
 from sjalign.jepa import PretrainConfig, ViTConfig, pretrain, read_log
 from sjalign.jepa import checkpoint as ckpt
 from sjalign.jepa.objectives import OBJECTIVES
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+@pytest.fixture(scope="module")
+def fmnist():
+    """256 real Fashion-MNIST images (n, 1, 28, 28) in [0, 1]."""
+    return fashion_mnist_images(256)
 
 SMALL_VIT = ViTConfig(img_size=28, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2)
 REPO = Path(__file__).resolve().parents[1]
@@ -30,10 +37,6 @@ def small_config(**kw) -> PretrainConfig:
                 pred_dim=16, pred_depth=1, seed=0, device="cpu")
     return PretrainConfig(**{**base, **kw})
 
-
-def tensors_of(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as fh:
-        return {k: fh.get_tensor(k) for k in fh.keys()}
 
 
 def assert_same_tensors(a: Path, b: Path) -> None:
@@ -53,24 +56,6 @@ def sjalign_env() -> dict[str, str]:
     return env | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", "")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is as fast and does not thrash a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def fmnist() -> torch.Tensor:
-    """256 real Fashion-MNIST images (n, 1, 28, 28) in [0, 1]."""
-    from sjalign.data import load_dataset, view_images
-    try:
-        ds = load_dataset("fashion-mnist", max_states=256)
-    except SjalignError as exc:
-        pytest.skip(f"Fashion-MNIST not available: {exc}")
-    return view_images(ds.images, ds.state_ids, "identity")
 
 
 # --- kill -9 mid-epoch, then --resume ------------------------------------------------
@@ -151,15 +136,6 @@ def test_resume_without_train_state_is_refused(fmnist, tmp_path):
 
 
 # --- refusals through the CLI ----------------------------------------------------------
-
-def single_error_line(res, *needles: str) -> str:
-    assert res.exit_code == 1, res.output
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
-    assert "Traceback" not in res.stderr and res.stdout == ""
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @needs_fashion_mnist

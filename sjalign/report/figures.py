@@ -95,7 +95,7 @@ def fig_pca_pairs(data: dict, *, name_a: str = "A", name_b: str = "B"):
     if data["shared_basis_before"]:
         axes[0].set_title(f"Before: {name_a} and {name_b} in {name_b}'s PCA basis (no map)")
     else:
-        axes[0].set_title(f"Before: each side in its own PCA basis (d differ, no map)")
+        axes[0].set_title("Before: each side in its own PCA basis (d differ, no map)")
         axes[0].set_xlabel("PC 1 of each side's test latents (standardised units)")
         axes[0].set_ylabel("PC 2 of each side (standardised units)")
     axes[1].set_title(f"After: {name_a} mapped onto {name_b}'s space")
