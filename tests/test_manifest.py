@@ -145,6 +145,10 @@ def test_missing_columns_duplicates_and_disagreements(tmp_path):
         {"state_id": "1000", "view": "front", "path": "img/1_front.png", "label": "car", "split": "train"}])
     with pytest.raises(DataError, match="1 duplicate"):
         read_manifest(dup)
+    dup = write_capture(tmp_path / "d0", n=2, extra_rows=[  # '01000' parses to the same state id as '1000'
+        {"state_id": "01000", "view": "front", "path": "img/1_front.png", "label": "car", "split": "train"}])
+    with pytest.raises(DataError, match="1 duplicate"):
+        read_manifest(dup)
     clash = write_capture(tmp_path / "c", n=2, extra_rows=[
         {"state_id": "1001", "view": "side", "path": "img/1_front.png", "label": "bus", "split": "test"}])
     with pytest.raises(DataError, match="disagree on split"):

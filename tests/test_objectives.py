@@ -417,7 +417,7 @@ def test_config_fills_defaults_and_refuses_inapplicable_options():
     (["--objective", "byol"], "unknown objective 'byol' (available: ijepa, lejepa, cjepa, lpjepa, mae, simclr, ae)"),
     (["--objective", "mae", "--temperature", "0.1"], "--temperature applies to simclr only"),
     (["--reg-weight", "0.1"], "--reg-weight applies to lejepa, lpjepa only"),
-    (["--objective", "mae", "--mask-ratio", "1.5"], "mask_ratio 1.5 must mask at least one"),
+    (["--objective", "mae", "--mask-ratio", "1.5"], "mask_ratio must be between 0 and 1, got 1.5"),
     (["--objective", "cjepa", "--vicreg-coeffs", "25,x,1"], "--vicreg-coeffs '25,x,1'"),
 ])
 def test_cli_bad_objective_options(runner, tmp_path, args, message):

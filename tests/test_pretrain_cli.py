@@ -26,6 +26,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
     (["--resume", "--force"], ["--resume and --force"]),
     (["--resume"], ["no run to resume"]),
     (["--batch-size", "0"], ["batch_size must be >= 1"]),
+    (["--objective", "lejepa", "--max-states", "2"], ["batch of 1 image(s) per process is too small"]),
+    (["--patch-size", "-4"], ["--patch-size must be a positive"]),
+    (["--lr", "nan"], ["lr must be a finite number > 0"]),
+    (["--objective", "mae", "--mask-ratio", "nan"], ["mask_ratio must be between 0 and 1"]),
+    (["--objective", "lpjepa", "--rgg-p", "0.01"], ["rgg_p must be >= 0.1"]),
 ])
 def test_bad_input_exits_1_with_one_line_and_no_run_folder(runner, tmp_path, args, needles):
     out = tmp_path / "run"

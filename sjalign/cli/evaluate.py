@@ -321,11 +321,11 @@ def evaluate_command(
             c_budgets = [b for b in budgets if b <= c_split.train.sum()]
             if c_budgets:
                 curves["control"] = pair_budget_sweep(c_pairs, c_split, c_budgets, **sweep_kw)
-        layers = layerwise_cka(lat_a[0], lat_b[0], first.pairs.state_ids[first.split.test], seed=seed)
+        layers = layerwise_cka(lat_a[0], lat_b[0], first.pairs.state_ids[first.split.test], seed=split_seeds[0])
         if layers is not None:
             result["layer_cka"] = layers
         clean = json.loads(to_json(result))
-        write_report(report, clean, first, budget_curves=curves, layer_cka=layers, force=force, seed=seed)
+        write_report(report, clean, first, budget_curves=curves, layer_cka=layers, force=force, seed=split_seeds[0])
     if output is not None:
         atomic_write_bytes(output, (to_json(result) + "\n").encode())
     if json_out:

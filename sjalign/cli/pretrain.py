@@ -35,6 +35,8 @@ def _vit_for_data(model: str, shape: tuple[int, int, int], patch_size: int | Non
     preset = PRESETS[model]
     c, size, _ = shape
     patch = patch_size or preset.patch_size
+    if patch < 1:
+        raise SjalignError(f"--patch-size must be a positive number of pixels, got {patch}")
     if size % patch:
         raise SjalignError(f"image size {size} is not a multiple of the patch size {patch} "
                            "(choose --image-size and --patch-size so that the patch divides the image)")

@@ -158,7 +158,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
                 raise DataError(f"{p}: state ids '{hashed[h]}' and '{key}' hash to the same id; rename one")
             ids[k] = h
     # duplicates
-    pairs = list(zip(raw_ids, views))
+    pairs = list(zip(ids.tolist(), views))  # parsed ids: '1' and '01' are one state
     seen: dict[tuple, int] = {}
     dups = []
     for k, pair in enumerate(pairs):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -165,8 +166,8 @@ class PretrainConfig:
             problems.append(f"ema must be (start, end) with 0 <= start <= end <= 1, got {self.ema}")
         if self.pred_dim % 4 or self.pred_dim % self.vit.num_heads:
             problems.append(f"pred_dim {self.pred_dim} must be a multiple of 4 and of num_heads {self.vit.num_heads}")
-        if self.lr <= 0 or self.min_lr < 0 or self.warmup_epochs < 0:
-            problems.append("lr must be > 0, min_lr and warmup_epochs >= 0")
+        if not (0 < self.lr < math.inf and 0 <= self.min_lr < math.inf and 0 <= self.warmup_epochs < math.inf):
+            problems.append("lr must be a finite number > 0, min_lr and warmup_epochs finite and >= 0")
         if problems:
             raise SjalignError("pretrain config: " + "; ".join(problems))
 
@@ -179,15 +180,19 @@ class PretrainConfig:
             if len(coeffs) != 3 or min(coeffs) < 0:
                 problems.append(f"vicreg_coeffs must be three numbers >= 0 (sim, std, cov), got {coeffs}")
         for field in ("reg_weight", "vicreg_weight"):
-            if getattr(self, field) is not None and not getattr(self, field) >= 0:
-                problems.append(f"{field} must be >= 0, got {getattr(self, field)}")
+            if getattr(self, field) is not None and not 0 <= getattr(self, field) < math.inf:
+                problems.append(f"{field} must be a finite number >= 0, got {getattr(self, field)}")
         for field in ("num_slices", "proj_dim"):
             if getattr(self, field) is not None and getattr(self, field) < 1:
                 problems.append(f"{field} must be >= 1, got {getattr(self, field)}")
         for field in ("rgg_p", "temperature"):
-            if getattr(self, field) is not None and not getattr(self, field) > 0:
-                problems.append(f"{field} must be > 0, got {getattr(self, field)}")
-        if self.mask_ratio is not None:
+            if getattr(self, field) is not None and not 0 < getattr(self, field) < math.inf:
+                problems.append(f"{field} must be a finite number > 0, got {getattr(self, field)}")
+        if self.rgg_p is not None and not self.rgg_p >= 0.1:  # Γ(3/p) overflows a float below p ≈ 0.018
+            problems.append(f"rgg_p must be >= 0.1 (sparser targets are not supported), got {self.rgg_p}")
+        if self.mask_ratio is not None and not 0 < self.mask_ratio < 1:
+            problems.append(f"mask_ratio must be between 0 and 1, got {self.mask_ratio}")
+        elif self.mask_ratio is not None:
             n = self.vit.num_patches
             if not 0 < round(n * self.mask_ratio) < n:
                 problems.append(f"mask_ratio {self.mask_ratio} must mask at least one and keep at least one "

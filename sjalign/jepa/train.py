@@ -260,6 +260,10 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
     n = feed.n
     batch_size = min(config.batch_size, n)  # global
     rows = ddp.local_slice(batch_size, info)
+    if rows.stop - rows.start < 2:  # batch statistics (SIGReg, VICReg, BatchNorm, NT-Xent) need two rows
+        raise SjalignError(f"pretrain: a batch of {rows.stop - rows.start} image(s) per process is too small (at "
+                           f"least 2: {n} training image(s), --batch-size {config.batch_size}, "
+                           f"{info.world_size} process(es))")
     steps_per_epoch = n // batch_size  # the last incomplete batch is dropped
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
