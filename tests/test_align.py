@@ -158,6 +158,26 @@ def test_lstsq_collinear_features_is_minimum_norm():
     np.testing.assert_allclose(amap.W[:, 1], amap.W[:, 3], atol=1e-5)
 
 
+def test_lstsq_fallback_to_ridge_when_fewer_pairs_than_dimensions():
+    rng = np.random.default_rng(17)
+    n, d_a, d_b = 12, 30, 5
+    x, y = _heteroscedastic(rng, n, d_a), _heteroscedastic(rng, n, d_b)
+    amap, caught = _record_warnings(lambda: fit_map(x, y, np.arange(n), method="lstsq", lstsq_fallback=True))
+    ill = [w for w in caught if issubclass(w.category, IllConditionedWarning)]
+    assert len(ill) == 1
+    msg = str(ill[0].message)
+    assert "κ(C_aa)" in msg and "falling back to ridge" in msg and "n_train = 12 < d_a = 30" in msg
+    assert amap.method == "ridge" and amap.lam == pytest.approx(1e-3)
+    assert amap.info["requested_method"] == "lstsq" and amap.info["kappa_caa"] > 1e8
+    ref = Ridge(alpha=n * 1e-3, fit_intercept=False, solver="svd").fit(_pop_standardise(x), _pop_standardise(y))
+    np.testing.assert_allclose(amap.W, ref.coef_, rtol=1e-4, atol=1e-5)
+    # with at least as many pairs as dimensions the flag changes nothing
+    x2, y2 = _heteroscedastic(rng, 200, 6), _heteroscedastic(rng, 200, 4)
+    plain = fit_map(x2, y2, np.arange(200), method="lstsq")
+    flagged = fit_map(x2, y2, np.arange(200), method="lstsq", lstsq_fallback=True)
+    assert flagged.method == "lstsq" and np.array_equal(flagged.W, plain.W)
+
+
 # ---------------------------------------------------------------- procrustes
 
 def test_procrustes_square_matches_scipy():

@@ -20,7 +20,6 @@ import sjalign.metrics.neighbours as nbmod
 from sjalign.align import IllConditionedWarning, accumulate, fit_map, load_map
 from sjalign.align.moments import Moments
 from sjalign.align.streaming import fit_map_streaming, pair_rows, stream_moments
-from sjalign.cli.app import app
 from sjalign.data.pairing import pair_by_state_id
 from sjalign.errors import FileFormatError, ShapeError, SjalignError
 from sjalign.io import (
@@ -37,7 +36,7 @@ from sjalign.metrics import knn_indices, nos_at_k, retrieval_at_1
 from sjalign.metrics.distances import dsc, dsc_torch
 from sjalign.protocol import choose_split
 
-from conftest import make_latents
+from conftest import make_latents, one_error_line, run
 
 CPU = "cpu"
 
@@ -309,27 +308,12 @@ def test_non_finite_train_row_names_the_file(tmp_path):
 
 # ---------------------------------------------------------------- the fit-map / apply-map CLI
 
-def _invoke(runner, *args):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
-    return res
-
-
-def _one_error(res, *needles):
-    assert res.exit_code == 1, res.stderr
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and res.stderr.strip().endswith(lines[0]), res.stderr
-    assert "Traceback" not in res.stderr and res.stdout == ""
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
 def test_cli_fit_map_shards_equal_one_file_and_record_every_hash(runner, sharded, tmp_path):
     a_shards, b_shards, a_whole, b_whole = sharded
     one, many = tmp_path / "one.safetensors", tmp_path / "many.safetensors"
-    res = _invoke(runner, "fit-map", a_whole, b_whole, "-o", one, "--json")
+    res = run(runner, "fit-map", a_whole, b_whole, "-o", one, "--json")
     assert res.exit_code == 0, res.stderr
-    res = _invoke(runner, "fit-map", ",".join(map(str, a_shards)), ",".join(map(str, b_shards)), "-o", many,
+    res = run(runner, "fit-map", ",".join(map(str, a_shards)), ",".join(map(str, b_shards)), "-o", many,
                   "--json", "--chunk-rows", "128")
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
@@ -346,7 +330,7 @@ def test_cli_fit_map_shards_equal_one_file_and_record_every_hash(runner, sharded
 
     assert [s["sha256"] for s in inputs["b"]["shards"]] == [sha256_file(p) for p in b_shards]
     # a shard of B given as the source of apply-map is refused (the map runs A -> B)
-    _one_error(_invoke(runner, "apply-map", many, b_shards[1], "-o", tmp_path / "x.safetensors"), "target (B)")
+    one_error_line(run(runner, "apply-map", many, b_shards[1], "-o", tmp_path / "x.safetensors"), "target (B)")
 
 
 def test_fit_map_shards_as_a_user_runs_it(sharded, tmp_path):
@@ -367,9 +351,9 @@ def test_fit_map_shards_as_a_user_runs_it(sharded, tmp_path):
 def test_cli_apply_map_streams_shards_into_one_file(runner, sharded, tmp_path):
     a_shards, b_shards, a_whole, b_whole = sharded
     m = tmp_path / "m.safetensors"
-    assert _invoke(runner, "fit-map", a_whole, b_whole, "-o", m).exit_code == 0
+    assert run(runner, "fit-map", a_whole, b_whole, "-o", m).exit_code == 0
     out = tmp_path / "mapped.safetensors"
-    res = _invoke(runner, "apply-map", m, ",".join(map(str, a_shards)), "-o", out, "--chunk-rows", "100", "--json")
+    res = run(runner, "apply-map", m, ",".join(map(str, a_shards)), "-o", out, "--chunk-rows", "100", "--json")
     assert res.exit_code == 0, res.stderr
     amap, _ = load_map(m)
     got = load_latents(out)
@@ -385,7 +369,7 @@ def test_cli_apply_map_streams_shards_into_one_file(runner, sharded, tmp_path):
     write_safetensors(bad, {"latents": bad_x, "state_ids": load_latents(a_shards[2]).state_ids},
                       {"sjalign.format": "latents/1"})
     out2 = tmp_path / "mapped2.safetensors"
-    _one_error(_invoke(runner, "apply-map", m, f"{a_shards[0]},{bad}", "-o", out2, "--chunk-rows", "100"),
+    one_error_line(run(runner, "apply-map", m, f"{a_shards[0]},{bad}", "-o", out2, "--chunk-rows", "100"),
                "nan_shard.safetensors", "NaN or Inf in 1 of 449 rows")
     assert not out2.exists() and not list(tmp_path.glob(".mapped2*"))
 
@@ -411,7 +395,7 @@ def test_cli_fit_map_bad_shards(runner, tmp_path):
         (f"{a1},{a1}", ("a1.safetensors", "listed twice")),
     ]
     for arg, needles in cases:
-        _one_error(_invoke(runner, "fit-map", arg, b, "-o", out), *needles)
+        one_error_line(run(runner, "fit-map", arg, b, "-o", out), *needles)
         assert not out.exists()
 
 
@@ -422,7 +406,7 @@ def test_cli_fit_map_nan_in_a_test_row_is_refused(runner, tmp_path):
     write_safetensors(a, {"latents": x, "state_ids": ids}, {"sjalign.format": "latents/1"})
     b = make_latents(tmp_path / "b.safetensors", y, ids)
     out = tmp_path / "m.safetensors"
-    _one_error(_invoke(runner, "fit-map", a, b, "-o", out), "inf.safetensors", "NaN or Inf in 1 of 100 rows")
+    one_error_line(run(runner, "fit-map", a, b, "-o", out), "inf.safetensors", "NaN or Inf in 1 of 100 rows")
     assert not out.exists()
 
 
@@ -433,7 +417,7 @@ def test_cli_lstsq_with_fewer_pairs_than_dimensions_falls_back_to_ridge(runner, 
     a = make_latents(tmp_path / "a.safetensors", x, np.arange(n))
     b = make_latents(tmp_path / "b.safetensors", x[:, :5] + 0.1 * rng.normal(size=(n, 5)), np.arange(n))
     m = tmp_path / "m.safetensors"
-    res = _invoke(runner, "fit-map", a, b, "-o", m, "--method", "lstsq", "--json")
+    res = run(runner, "fit-map", a, b, "-o", m, "--method", "lstsq", "--json")
     assert res.exit_code == 0, res.stderr
     warn = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warn) == 1 and "κ(C_aa)" in warn[0] and "falling back to ridge" in warn[0] and "24 < d_a = 40" in warn[0]
@@ -455,21 +439,21 @@ def test_cli_constant_features_warn_and_all_constant_is_an_error(runner, tmp_pat
     a = make_latents(tmp_path / "a.safetensors", x, np.arange(80))
     b = make_latents(tmp_path / "b.safetensors", y, np.arange(80))
     m = tmp_path / "m.safetensors"
-    res = _invoke(runner, "fit-map", a, b, "-o", m, "--json")
+    res = run(runner, "fit-map", a, b, "-o", m, "--json")
     assert res.exit_code == 0, res.stderr
     warn = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warn) == 1 and "a.safetensors: 1 constant feature(s)" in warn[0] and "dims 1" in warn[0]
     amap, _ = load_map(m)
     assert amap.info["constant_a"] == [1] and np.allclose(amap.W[:, 1], 0.0)
     c = make_latents(tmp_path / "c.safetensors", np.ones((80, 3)) * [1.0, 2.0, 3.0], np.arange(80))
-    _one_error(_invoke(runner, "fit-map", c, b, "-o", tmp_path / "n.safetensors"), "c.safetensors",
+    one_error_line(run(runner, "fit-map", c, b, "-o", tmp_path / "n.safetensors"), "c.safetensors",
                "all 3 features are constant")
     assert not (tmp_path / "n.safetensors").exists()
 
 
 def test_cli_fit_map_bad_precision(runner, sharded, tmp_path):
     _, _, a_whole, b_whole = sharded
-    _one_error(_invoke(runner, "fit-map", a_whole, b_whole, "-o", tmp_path / "m", "--precision", "half"), "half")
+    one_error_line(run(runner, "fit-map", a_whole, b_whole, "-o", tmp_path / "m", "--precision", "half"), "half")
 
 
 # ---------------------------------------------------------------- tiled neighbours

@@ -13,9 +13,10 @@ from sjalign.align.maps import (
     shuffled_map,
 )
 from sjalign.align.moments import Moments, Standardised, accumulate
+from sjalign.align.streaming import PairedRows, fit_map_streaming, pair_rows, stream_moments
 
 __all__ = [
-    "DEFAULT_LAMBDA", "METHODS", "AlignmentMap", "IllConditionedWarning", "Moments", "Standardised",
-    "accumulate", "check_source", "choose_lambda", "fit_map", "load_map", "map_direction", "map_from_moments", "pseudo_inverse",
-    "save_map", "shuffled_map",
+    "DEFAULT_LAMBDA", "METHODS", "AlignmentMap", "IllConditionedWarning", "Moments", "PairedRows", "Standardised",
+    "accumulate", "check_source", "choose_lambda", "fit_map", "fit_map_streaming", "load_map", "map_direction",
+    "map_from_moments", "pair_rows", "pseudo_inverse", "save_map", "shuffled_map", "stream_moments",
 ]

@@ -58,11 +58,18 @@ def load_map(path: str | os.PathLike) -> tuple[AlignmentMap, dict[str, str]]:
     return amap, meta
 
 
-def _recorded_hashes(meta: Mapping[str, str]) -> tuple[str, str] | None:
+def _recorded_hashes(meta: Mapping[str, str]) -> tuple[frozenset[str], frozenset[str]] | None:
+    """SHA-256 digests of the map's A and B inputs (several per side when fitted on shards)."""
     try:
         inputs = json.loads(meta.get("inputs", "{}"))
-        return inputs["a"]["sha256"], inputs["b"]["sha256"]
-    except (KeyError, TypeError, json.JSONDecodeError):
+
+        def side(entry) -> frozenset[str]:
+            if "shards" in entry:
+                return frozenset(str(s["sha256"]) for s in entry["shards"])
+            return frozenset([str(entry["sha256"])])
+
+        return side(inputs["a"]), side(inputs["b"])
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError):
         return None
 
 
@@ -70,17 +77,19 @@ def map_direction(meta: Mapping[str, str], map_path, a_path, b_path, d_a: int, d
     """Which way a map runs between latents files A (d_a) and B (d_b): ``a->b`` or ``b->a``.
 
     Decided by the input hashes the map recorded when they match the files (in either
-    order), else by the shape of W (d_b, d_a); a square map of unknown origin counts as a->b.
+    order; a file matches a side when it is that side's input or one of its shards), else by
+    the shape of W (d_b, d_a); a square map of unknown origin counts as a->b.
 
     Raises:
         SjalignError: W fits neither direction.
     """
     recorded = _recorded_hashes(meta)
     if recorded is not None:
-        files = (sha256_file(a_path), sha256_file(b_path))
-        if recorded == files:
+        ha, hb = sha256_file(a_path), sha256_file(b_path)
+        rec_a, rec_b = recorded
+        if ha in rec_a and hb in rec_b:
             return "a->b"
-        if recorded == files[::-1]:
+        if ha in rec_b and hb in rec_a:
             return "b->a"
     if tuple(shape) == (d_b, d_a):
         return "a->b"
@@ -94,11 +103,12 @@ def check_source(meta: Mapping[str, str], map_path, a_path) -> None:
     """Refuse source latents that the map recorded as its *target* input (a map applied backwards).
 
     Raises:
-        SjalignError: ``a_path`` has the hash of the map's B input and not of its A input.
+        SjalignError: ``a_path`` has the hash of (one of the shards of) the map's B input and
+            not of its A input.
     """
     recorded = _recorded_hashes(meta)
-    if recorded is not None and recorded[0] != recorded[1]:
+    if recorded is not None:
         h = sha256_file(a_path)
-        if h == recorded[1]:
+        if h in recorded[1] and h not in recorded[0]:
             raise SjalignError(f"{map_path}: {a_path} is this map's target (B) latents; the map runs A -> B, "
                                "so swap the files or fit the reverse map")

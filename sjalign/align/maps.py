@@ -98,12 +98,17 @@ def solve_ridge(c_aa: np.ndarray, c_ab: np.ndarray, lam: float) -> np.ndarray:
     return wt.T
 
 
-def solve_lstsq(c_aa: np.ndarray, c_ab: np.ndarray) -> tuple[np.ndarray, float]:
-    """Minimum-norm least squares Wᵀ = C_aa⁺ C_ab (Moore–Penrose); returns (W, κ(C_aa))."""
+def condition_number(c_aa: np.ndarray) -> float:
+    """κ(C_aa) = λ_max / λ_min of a symmetric PSD matrix; inf when λ_min ≤ 1e-12·λ_max."""
     eig = np.linalg.eigvalsh(c_aa)
     top = max(float(eig[-1]), 0.0)
     bottom = max(float(eig[0]), 0.0)
-    kappa = float("inf") if bottom <= 1e-12 * max(top, 1e-300) else top / bottom
+    return float("inf") if bottom <= 1e-12 * max(top, 1e-300) else top / bottom
+
+
+def solve_lstsq(c_aa: np.ndarray, c_ab: np.ndarray) -> tuple[np.ndarray, float]:
+    """Minimum-norm least squares Wᵀ = C_aa⁺ C_ab (Moore–Penrose); returns (W, κ(C_aa))."""
+    kappa = condition_number(c_aa)
     w = (np.linalg.pinv(c_aa, rcond=1e-10, hermitian=True) @ c_ab).T
     return w, kappa
 
@@ -115,20 +120,37 @@ def solve_procrustes(c_ab: np.ndarray) -> np.ndarray:
 
 
 def map_from_moments(std: Standardised, train_state_ids: np.ndarray, *, method: str = "ridge",
-                     lam: float = DEFAULT_LAMBDA) -> AlignmentMap:
+                     lam: float = DEFAULT_LAMBDA, lstsq_fallback: bool = False) -> AlignmentMap:
     """Fit W from standardised moments.
+
+    Args:
+        lstsq_fallback: with ``method="lstsq"`` and fewer train pairs than source dimensions
+            (n < d_a, so C_aa is singular and the pseudoinverse interpolates noise), warn with
+            κ(C_aa) and fit ridge instead (λ = ``lam``, or 1e-3 when ``lam`` is 0). The map then
+            says ``method = "ridge"`` and ``info["requested_method"] = "lstsq"``. Off by default,
+            so sweeps can still show the minimum-norm solution's κ blow-up at small budgets.
 
     Raises:
         SjalignError: unknown method or negative λ.
 
     Warns:
-        IllConditionedWarning: lstsq on a singular / ill-conditioned C_aa (names κ(C_aa)).
+        IllConditionedWarning: lstsq on a singular / ill-conditioned C_aa (names κ(C_aa)), or the fallback.
     """
     if method not in METHODS:
         raise SjalignError(f"unknown map method '{method}' (use {', '.join(METHODS)})")
     if lam < 0:
         raise SjalignError(f"--lambda must be >= 0, got {lam}")
     info: dict = {}
+    d_a = len(std.c_aa)
+    if method == "lstsq" and lstsq_fallback and std.n < d_a:
+        kappa = condition_number(std.c_aa)
+        lam = lam if lam > 0 else DEFAULT_LAMBDA
+        warnings.warn(f"lstsq needs at least as many train pairs as dimensions, got n_train = {std.n} < d_a = {d_a}: "
+                      f"C_aa is singular (κ(C_aa) = {kappa:.3g}); falling back to ridge with λ = {lam:g}",
+                      IllConditionedWarning, stacklevel=2)
+        info.update(requested_method="lstsq", kappa_caa=kappa,
+                    fallback=f"ridge (lambda {lam:g}): n_train {std.n} < d_a {d_a}")
+        method = "ridge"
     if method == "ridge":
         w = solve_ridge(std.c_aa, std.c_ab, lam)
     elif method == "lstsq":
@@ -173,11 +195,16 @@ def choose_lambda(x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0
 
 
 def fit_map(x: np.ndarray, y: np.ndarray, train_state_ids: np.ndarray, *, method: str = "ridge",
-            lam: float | str = DEFAULT_LAMBDA, chunk: int = 65536, seed: int = 0) -> AlignmentMap:
-    """Fit an alignment map from paired train latents x (n, d_a) -> y (n, d_b).
+            lam: float | str = DEFAULT_LAMBDA, chunk: int = 65536, seed: int = 0,
+            lstsq_fallback: bool = False) -> AlignmentMap:
+    """Fit an alignment map from paired train latents x (n, d_a) -> y (n, d_b), in memory, float64.
+
+    The same fit streamed from latents files (shards, float32 chunk products) is
+    :func:`sjalign.align.streaming.fit_map_streaming`.
 
     Args:
         lam: ridge λ ≥ 0, or ``"auto"`` for k-fold CV (ridge only).
+        lstsq_fallback: see :func:`map_from_moments`.
 
     Raises:
         ShapeError: x and y have different numbers of rows.
@@ -192,7 +219,7 @@ def fit_map(x: np.ndarray, y: np.ndarray, train_state_ids: np.ndarray, *, method
         lam, scores = choose_lambda(x, y, seed=seed)
         info["lambda_cv_mse"] = {f"{k:g}": v for k, v in scores.items()}
     amap = map_from_moments(accumulate(x, y, chunk=chunk).standardised(), train_state_ids, method=method,
-                            lam=float(lam))
+                            lam=float(lam), lstsq_fallback=lstsq_fallback)
     amap.info.update(info)
     return amap
 

@@ -1,8 +1,28 @@
-"""Streaming second moments of paired latents (SPEC §3: memory O(d²), shards add up)."""
+"""Streaming second moments of paired latents (SPEC §3: memory O(d²), shards add up).
+
+Rows x (d_a,) and y (d_b,) are accumulated as sums of the *shifted* rows u = x − c_x,
+v = y − c_y for a fixed shift c (zero by default; a pilot mean when streaming). Covariances
+do not depend on the shift, but computing them from shifted rows avoids the cancellation of
+E[x²] − E[x]² when |mean| ≫ std, which is what lets the chunk products run in float32:
+
+    S_x = Σu,  S_y = Σv,  S_xx = Σuuᵀ,  S_xy = Σuvᵀ,  S_yy = Σv² (diagonal only)
+    mean_x = c_x + S_x / n,   cov_xx = S_xx / n − (S_x / n)(S_x / n)ᵀ,   cov_xy likewise.
+
+Error bound of float32 chunk products (:meth:`Moments.add_centred` with float32 buffers):
+each chunk of m rows is summed by BLAS in float32 and the chunk sums are added in float64,
+so an entry of C = S_xx / n carries an absolute error of about u₃₂·√m·σ_iσ_j (u₃₂ = 6e-8;
+≈ 5e-6·σ_iσ_j for m = 8192, less once independent chunk errors average out). With the
+pilot-mean shift the error scales with the variances, not with mean²: without it a feature
+with |mean| = 1e4·std would lose everything (see the tests). The solve then amplifies it by the
+conditioning: W moves by roughly κ(C_aa + λI)·1e-7 relative. That is below 1e-5 for
+well-conditioned latents (κ ≲ 100), but nearly collapsed latents (effective rank ≪ d, κ ~ 1e5–1e7)
+lose their small-eigenvalue directions. That is why fit-map defaults to float64 buffers, which
+give float64 results at ≈ 2× the time.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,14 +33,18 @@ CONSTANT_REL_VAR = 1e-10
 
 @dataclass
 class Moments:
-    """Running sums over paired rows (x, y), accumulated in float64.
+    """Running sums over paired rows (x, y), shifted by (shift_x, shift_y), accumulated in float64.
 
     Attributes:
         n: number of rows seen.
-        sum_x: (d_a,) Σx.   sum_y: (d_b,) Σy.
-        sum_xx: (d_a, d_a) XᵀX.   sum_xy: (d_a, d_b) XᵀY.   sum_yy_diag: (d_b,) Σy².
+        sum_x: (d_a,) Σ(x − c_x).   sum_y: (d_b,) Σ(y − c_y).
+        sum_xx: (d_a, d_a) Σ(x − c_x)(x − c_x)ᵀ.   sum_xy: (d_a, d_b) Σ(x − c_x)(y − c_y)ᵀ.
+        sum_yy_diag: (d_b,) Σ(y − c_y)².
+        shift_x: (d_a,) c_x.   shift_y: (d_b,) c_y (zeros unless given).
 
-    Moments of several shards (machines, GPUs, files) combine with ``+``.
+    Moments of several shards (machines, GPUs, files) combine with ``+`` (re-expressed in the
+    left operand's shift when the shifts differ); ``a − b`` removes the rows of ``b`` (e.g. a
+    cross-validation fold) from ``a``.
     """
 
     n: int
@@ -29,30 +53,97 @@ class Moments:
     sum_xx: np.ndarray
     sum_xy: np.ndarray
     sum_yy_diag: np.ndarray
+    shift_x: np.ndarray | None = field(default=None)
+    shift_y: np.ndarray | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.shift_x is None:
+            self.shift_x = np.zeros(len(self.sum_x))
+        if self.shift_y is None:
+            self.shift_y = np.zeros(len(self.sum_y))
+        self.shift_x = np.asarray(self.shift_x, dtype=np.float64)
+        self.shift_y = np.asarray(self.shift_y, dtype=np.float64)
 
     @classmethod
-    def zeros(cls, d_a: int, d_b: int) -> "Moments":
-        return cls(0, np.zeros(d_a), np.zeros(d_b), np.zeros((d_a, d_a)), np.zeros((d_a, d_b)), np.zeros(d_b))
+    def zeros(cls, d_a: int, d_b: int, *, shift_x: np.ndarray | None = None,
+              shift_y: np.ndarray | None = None) -> "Moments":
+        """Empty moments for d_a- and d_b-dimensional rows, optionally shifted."""
+        return cls(0, np.zeros(d_a), np.zeros(d_b), np.zeros((d_a, d_a)), np.zeros((d_a, d_b)), np.zeros(d_b),
+                   shift_x, shift_y)
 
     def update(self, x: np.ndarray, y: np.ndarray) -> "Moments":
-        """Add a chunk of paired rows x (m, d_a), y (m, d_b) in place."""
+        """Add a chunk of raw paired rows x (m, d_a), y (m, d_b) in place (products in float64)."""
         if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
             raise ShapeError(f"paired chunks must be (m, d_a) and (m, d_b), got {x.shape} and {y.shape}")
-        x = x.astype(np.float64, copy=False)
-        y = y.astype(np.float64, copy=False)
-        self.n += len(x)
-        self.sum_x += x.sum(0)
-        self.sum_y += y.sum(0)
-        self.sum_xx += x.T @ x
-        self.sum_xy += x.T @ y
-        self.sum_yy_diag += np.einsum("ij,ij->j", y, y)
+        u = np.asarray(x, dtype=np.float64)
+        v = np.asarray(y, dtype=np.float64)
+        if self.shift_x.any():
+            u = u - self.shift_x
+        if self.shift_y.any():
+            v = v - self.shift_y
+        return self.add_centred(u, v)
+
+    def add_centred(self, u: np.ndarray, v: np.ndarray) -> "Moments":
+        """Add rows already shifted, u = x − shift_x (m, d_a) and v = y − shift_y (m, d_b), in place.
+
+        The products run in the buffers' dtype (float32: BLAS ssyrk for uᵀu — numpy calls syrk
+        for ``u.T @ u`` — and sgemm for uᵀv; float64: dsyrk/dgemm) and are added to the float64
+        sums. This is the inner step of :func:`sjalign.align.streaming.stream_moments`.
+        """
+        if u.ndim != 2 or v.ndim != 2 or len(u) != len(v):
+            raise ShapeError(f"paired chunks must be (m, d_a) and (m, d_b), got {u.shape} and {v.shape}")
+        if u.shape[1] != len(self.sum_x) or v.shape[1] != len(self.sum_y):
+            raise ShapeError(f"chunks of widths {u.shape[1]}, {v.shape[1]} do not fit moments of "
+                             f"{len(self.sum_x)}, {len(self.sum_y)}")
+        if len(u) == 0:
+            return self
+        self.n += len(u)
+        ones = np.ones(len(u), dtype=u.dtype)
+        self.sum_x += ones @ u  # column sums by BLAS gemv (u is shifted, so these stay small)
+        self.sum_y += ones.astype(v.dtype, copy=False) @ v
+        self.sum_xx += u.T @ u  # (d_a, d_a), syrk
+        self.sum_xy += u.T @ v  # (d_a, d_b), gemm
+        self.sum_yy_diag += np.einsum("ij,ij->j", v, v)
         return self
 
-    def __add__(self, other: "Moments") -> "Moments":
+    def reshift(self, shift_x: np.ndarray, shift_y: np.ndarray) -> "Moments":
+        """The same rows' moments expressed with another shift (a new object).
+
+        With u = x − c_old and δ = c_old − c_new, x − c_new = u + δ, so
+        Σ(u+δ)(u+δ)ᵀ = S_uu + δS_uᵀ + S_uδᵀ + nδδᵀ (and likewise for the cross and diagonal terms).
+        """
+        dx = self.shift_x - np.asarray(shift_x, dtype=np.float64)
+        dy = self.shift_y - np.asarray(shift_y, dtype=np.float64)
+        n = self.n
+        return Moments(
+            n, self.sum_x + n * dx, self.sum_y + n * dy,
+            self.sum_xx + np.outer(dx, self.sum_x) + np.outer(self.sum_x, dx) + n * np.outer(dx, dx),
+            self.sum_xy + np.outer(dx, self.sum_y) + np.outer(self.sum_x, dy) + n * np.outer(dx, dy),
+            self.sum_yy_diag + 2.0 * dy * self.sum_y + n * dy**2,
+            shift_x, shift_y)
+
+    def _aligned(self, other: "Moments") -> "Moments":
         if self.sum_xy.shape != other.sum_xy.shape:
-            raise ShapeError(f"cannot add moments of shapes {self.sum_xy.shape} and {other.sum_xy.shape}")
-        return Moments(self.n + other.n, self.sum_x + other.sum_x, self.sum_y + other.sum_y,
-                       self.sum_xx + other.sum_xx, self.sum_xy + other.sum_xy, self.sum_yy_diag + other.sum_yy_diag)
+            raise ShapeError(f"cannot combine moments of shapes {self.sum_xy.shape} and {other.sum_xy.shape}")
+        if np.array_equal(self.shift_x, other.shift_x) and np.array_equal(self.shift_y, other.shift_y):
+            return other
+        return other.reshift(self.shift_x, self.shift_y)
+
+    def __add__(self, other: "Moments") -> "Moments":
+        o = self._aligned(other)
+        return Moments(self.n + o.n, self.sum_x + o.sum_x, self.sum_y + o.sum_y, self.sum_xx + o.sum_xx,
+                       self.sum_xy + o.sum_xy, self.sum_yy_diag + o.sum_yy_diag, self.shift_x, self.shift_y)
+
+    def __sub__(self, other: "Moments") -> "Moments":
+        o = self._aligned(other)
+        return Moments(self.n - o.n, self.sum_x - o.sum_x, self.sum_y - o.sum_y, self.sum_xx - o.sum_xx,
+                       self.sum_xy - o.sum_xy, self.sum_yy_diag - o.sum_yy_diag, self.shift_x, self.shift_y)
+
+    def all_finite(self) -> bool:
+        """False when a NaN/Inf reached the sums (a non-finite input row, or float32 overflow)."""
+        return bool(np.isfinite(self.sum_x).all() and np.isfinite(self.sum_y).all()
+                    and np.isfinite(np.diag(self.sum_xx)).all() and np.isfinite(self.sum_yy_diag).all()
+                    and np.isfinite(self.sum_xy).all())
 
     def standardised(self) -> "Standardised":
         """Means, stds (population, ddof 0) and the standardised moments C_aa, C_ab.
@@ -66,11 +157,12 @@ class Moments:
         if self.n < 2:
             raise SjalignError(f"need at least 2 training pairs to fit a map, got {self.n}")
         n = self.n
-        mx, my = self.sum_x / n, self.sum_y / n
-        cov_xx = self.sum_xx / n - np.outer(mx, mx)
-        cov_xy = self.sum_xy / n - np.outer(mx, my)
+        ux, uy = self.sum_x / n, self.sum_y / n  # means of the shifted rows
+        mx, my = self.shift_x + ux, self.shift_y + uy
+        cov_xx = self.sum_xx / n - np.outer(ux, ux)
+        cov_xy = self.sum_xy / n - np.outer(ux, uy)
         var_x = np.clip(np.diag(cov_xx), 0.0, None)
-        var_y = np.clip(self.sum_yy_diag / n - my**2, 0.0, None)
+        var_y = np.clip(self.sum_yy_diag / n - uy**2, 0.0, None)
         # E[x²] − E[x]² of a constant feature cancels to rounding error (~1e-16·mean² per
         # accumulation), not 0; a std below 1e-5·|mean| is called constant, far above that noise.
         const_x = var_x <= CONSTANT_REL_VAR * mx**2
@@ -83,6 +175,30 @@ class Moments:
         c_aa = cov_xx / np.outer(sx, sx)
         c_ab = cov_xy / np.outer(sx, sy)
         return Standardised(n, mx, sx, my, sy, c_aa, c_ab, np.flatnonzero(const_x), np.flatnonzero(const_y))
+
+    def heldout_sse(self, std: "Standardised", ws: dict) -> dict:
+        """Σ over these rows of ‖ẑb − W ẑa‖², standardising with another split's statistics ``std``.
+
+        For cross-validation from moments alone: with ẑa = (x − μa)/σa, ẑb = (y − μb)/σb,
+        Σ‖ẑb − Wẑa‖² = Σ‖ẑb‖² − 2 tr(W G_ab) + tr(W G_aa Wᵀ), where G_aa = Σẑaẑaᵀ and G_ab = Σẑaẑbᵀ
+        follow from these (shifted) sums and δ = μ − c.
+
+        Args:
+            std: train-part statistics (means, stds) of the fold's complement.
+            ws: {key: W (d_b, d_a)}.
+
+        Returns:
+            {key: sum of squared errors over these rows and all d_b outputs}.
+        """
+        da = std.a_mean - self.shift_x
+        db = std.b_mean - self.shift_y
+        n = self.n
+        g_aa = self.sum_xx - np.outer(da, self.sum_x) - np.outer(self.sum_x, da) + n * np.outer(da, da)
+        g_ab = self.sum_xy - np.outer(da, self.sum_y) - np.outer(self.sum_x, db) + n * np.outer(da, db)
+        g_aa /= np.outer(std.a_std, std.a_std)
+        g_ab /= np.outer(std.a_std, std.b_std)
+        t_bb = float(np.sum((self.sum_yy_diag - 2.0 * db * self.sum_y + n * db**2) / std.b_std**2))
+        return {key: t_bb - 2.0 * float(np.sum(w.T * g_ab)) + float(np.sum((w @ g_aa) * w)) for key, w in ws.items()}
 
 
 @dataclass(frozen=True)

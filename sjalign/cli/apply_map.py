@@ -1,4 +1,4 @@
-"""sjalign apply-map MAP A -o OUT: push latents through a map."""
+"""sjalign apply-map MAP A -o OUT: push latents through a map (streamed, shards allowed)."""
 
 from __future__ import annotations
 
@@ -13,34 +13,55 @@ from sjalign.cli.common import ForceOpt, JsonOpt, OutOpt, cli_command, console, 
 @cli_command
 def apply_map_command(
     map_path: Annotated[Path, typer.Argument(metavar="MAP", help="Map file from fit-map.")],
-    a_path: Annotated[Path, typer.Argument(metavar="A", help="Latents in the map's source space.")],
+    a_arg: Annotated[str, typer.Argument(
+        metavar="A", help="Latents in the map's source space, or comma-separated shards of one latent set.")],
     output: OutOpt,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows mapped per chunk.")] = 8192,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Write b̂ = ((a − a_mean)/a_std) Wᵀ · b_std + b_mean for every row of A, in B's raw units.
 
-    Example:
+    Rows are read, mapped and written chunk by chunk, so A may be larger than memory. Several
+    A files (shards) give one output file with their rows concatenated in the order given.
+
+    Examples:
 
       sjalign apply-map a2b.safetensors a.safetensors -o a_in_b.safetensors
+
+      sjalign apply-map a2b.safetensors a0.safetensors,a1.safetensors -o a_in_b.safetensors
     """
+    import numpy as np
+
     from sjalign.align import check_source, load_map
-    from sjalign.errors import ShapeError
-    from sjalign.io import Latents, check_output, load_latents, provenance, save_latents
+    from sjalign.cli.common import parse_latents_list
+    from sjalign.errors import ShapeError, SjalignError
+    from sjalign.io import check_output, open_latents_set, provenance, write_latents_stream
 
     check_output(output, force)
     amap, meta = load_map(map_path)
-    check_source(meta, map_path, a_path)
-    a = load_latents(a_path)
-    if a.dim != amap.d_a:
+    a_paths = parse_latents_list(a_arg, "A")
+    for p in a_paths:
+        check_source(meta, map_path, p)
+    a_set = open_latents_set(a_paths)
+    if a_set.dim != amap.d_a:
         raise ShapeError(f"{map_path}: map expects source latents of dimension {amap.d_a}, "
-                         f"but {a_path} has dimension {a.dim}")
-    mapped = Latents(amap.apply(a.latents), a.state_ids, a.labels, a.split, dict(a.metadata))
-    extra = provenance("apply-map", {}, {"map": map_path, "a": a_path})
-    extra.update({"encoder": f"map({a.metadata.get('encoder', '?')} -> {meta.get('encoder_b', '?')})",
-                  "layer": a.metadata.get("layer", "?")})
-    save_latents(output, mapped, extra, force=force)
-    result = {"output": str(output), "n": len(a.state_ids), "d": amap.d_b}
+                         f"but {a_set.name} has dimension {a_set.dim}")
+
+    def mapped_blocks():
+        for shard in a_set.shards:
+            for start, block in shard.iter_rows(chunk_rows):
+                if not np.isfinite(block.sum()):
+                    shard.check_finite()  # counts the bad rows and raises, naming the file
+                    raise SjalignError(f"{shard.name}: 'latents' overflow near row {start}")
+                yield amap.apply(block)
+
+    extra = provenance("apply-map", {"chunk_rows": chunk_rows}, {"map": map_path, "a": a_paths})
+    extra.update({"encoder": f"map({a_set.metadata.get('encoder', '?')} -> {meta.get('encoder_b', '?')})",
+                  "layer": a_set.metadata.get("layer", "?")})
+    write_latents_stream(output, mapped_blocks(), n=a_set.n, dim=amap.d_b, state_ids=a_set.state_ids,
+                         labels=a_set.labels, split=a_set.split, metadata={**a_set.metadata, **extra}, force=force)
+    result = {"output": str(output), "n": a_set.n, "d": amap.d_b, "shards": len(a_paths)}
     if json_out:
         emit_json(result)
     else:

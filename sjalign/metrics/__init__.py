@@ -31,7 +31,7 @@ def score_map(w: np.ndarray, za: np.ndarray, zb: np.ndarray, *, ks=DEFAULT_KS, q
         "r2": r2(zb, p),
         "cka": linear_cka(p, zb),
         "cka_raw": linear_cka(za, zb),
-        "dsc": dsc(zb, p, max_points=dsc_points, seed=seed),
+        "dsc": dsc(zb, p, max_points=dsc_points, seed=seed, device=device),
     }
     out.update({f"nos@{k}": v for k, v in nos_at_k(zb, p, ks, device=device).items()})
     out["retrieval@1"] = retrieval_at_1(zb, p, device=device)
