@@ -11,7 +11,7 @@ repetitions are interleaved (baseline, sjalign, baseline, sjalign, ...); the sum
 median and the spread (min-max) of the ratio sjalign / baseline over repetitions.
 
 fit (issue 5, "Scale"): two latents files of n × d float32 with a planted map
-B = ((A − μa)/σa) W*ᵀ·σb + μb + noise are written once with ``sjalign.io.write_latents_stream``
+B = ((A − μa)/σa) W*ᵀ·σb + μb + noise are written once with ``sjalign.lazy_io.write_latents_stream``
 (about 3 GB each at the default size), then
 
 * baseline: one bare ``X.T @ X`` pass in torch (float32 GEMM, all threads) over A, with A taken
@@ -123,7 +123,7 @@ def planted(n: int, d: int, seed: int = 0):
 def write_files(folder: Path, n: int, d: int) -> tuple[Path, Path]:
     import numpy as np
 
-    from sjalign.io import write_latents_stream
+    from sjalign.lazy_io import write_latents_stream
 
     blocks_a, blocks_b, truth = planted(n, d)
     ids = np.arange(n, dtype=np.int64)
@@ -143,7 +143,7 @@ def worker(kind: str, args: dict) -> dict:
     import torch  # noqa: F401  (imported before the memory baseline, as in a running program)
 
     from sjalign.align.streaming import fit_map_streaming, pair_rows
-    from sjalign.io import open_latents_set
+    from sjalign.lazy_io import open_latents_set
     from sjalign.metrics import nos_at_k
 
     out: dict = {"kind": kind}

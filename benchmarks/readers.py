@@ -135,7 +135,7 @@ def main() -> None:
             ("folder", "image folder (JPEG)", ["--dataset", str(folder), "--view", "identity"]),
             ("aug", "image folder (JPEG), view aug-b", ["--dataset", str(folder), "--view", "aug-b"]),
         ]
-        print(f"| reader | --num-workers | images | command wall s | embed loop s | img/s (loop) |")
+        print("| reader | --num-workers | images | command wall s | embed loop s | img/s (loop) |")
         print("|---|---|---|---|---|---|")
         runs = [r[1:] for r in runs if r[0] in a.runs.split(",")]
         for (name, args), workers in itertools.product(runs, a.workers.split(",")):

@@ -22,16 +22,8 @@ from sjalign.align.moments import Moments
 from sjalign.align.streaming import fit_map_streaming, pair_rows, stream_moments
 from sjalign.data.pairing import pair_by_state_id
 from sjalign.errors import FileFormatError, ShapeError, SjalignError
-from sjalign.io import (
-    Latents,
-    load_latents,
-    open_latents,
-    open_latents_set,
-    read_safetensors,
-    save_latents,
-    write_latents_stream,
-    write_safetensors,
-)
+from sjalign.io import Latents, load_latents, read_safetensors, save_latents, write_safetensors
+from sjalign.lazy_io import open_latents, open_latents_set, write_latents_stream
 from sjalign.metrics import knn_indices, nos_at_k, retrieval_at_1
 from sjalign.metrics.distances import dsc, dsc_torch
 from sjalign.protocol import choose_split

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 
-from sjalign.align.moments import Moments, Standardised, accumulate
+from sjalign.align.moments import Standardised, accumulate
 from sjalign.errors import ShapeError, SjalignError
 
 METHODS = ("ridge", "lstsq", "procrustes")

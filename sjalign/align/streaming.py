@@ -3,7 +3,7 @@
 The in-memory path (:func:`sjalign.align.fit_map`) holds both latent sets; this one holds the
 state ids, one chunk of rows per side and the moments:
 
-1. open each side's files lazily (:func:`sjalign.io.open_latents_set`: the shards of one
+1. open each side's files lazily (:func:`sjalign.lazy_io.open_latents_set`: the shards of one
    latent set, disjoint state ids) and pair rows **by state id** (:func:`pair_rows`);
 2. split the pairs by state id exactly as the in-memory path does
    (:func:`sjalign.protocol.choose_split` sees the same ids and split tensors);
@@ -30,7 +30,7 @@ import numpy as np
 from sjalign.align.maps import DEFAULT_LAMBDA, LAMBDA_GRID, AlignmentMap, map_from_moments, solve_ridge
 from sjalign.align.moments import Moments
 from sjalign.errors import SjalignError
-from sjalign.io import DEFAULT_CHUNK_ROWS, LatentsSet
+from sjalign.lazy_io import DEFAULT_CHUNK_ROWS, LatentsSet
 
 PRECISIONS = ("float32", "float64")
 

@@ -36,7 +36,8 @@ def apply_map_command(
     from sjalign.align import check_source, load_map
     from sjalign.cli.common import parse_latents_list
     from sjalign.errors import ShapeError, SjalignError
-    from sjalign.io import check_output, open_latents_set, provenance, write_latents_stream
+    from sjalign.io import check_output, provenance
+    from sjalign.lazy_io import open_latents_set, write_latents_stream
 
     check_output(output, force)
     amap, meta = load_map(map_path)

@@ -97,7 +97,8 @@ def fit_map_command(
     from sjalign.align.streaming import PRECISIONS, fit_map_streaming, pair_rows
     from sjalign.cli.common import parse_latents_list
     from sjalign.errors import SjalignError
-    from sjalign.io import check_output, hash_files_in_background, open_latents_set, provenance
+    from sjalign.io import check_output, hash_files_in_background, provenance
+    from sjalign.lazy_io import open_latents_set
     from sjalign.metrics import kappa
     from sjalign.protocol import choose_split
 

@@ -1,0 +1,414 @@
+"""Large latents files without loading them: lazy reads by row range, shards, streamed writes.
+
+``fit-map`` and ``apply-map`` read latents through :func:`open_latents_set` (one file or the
+shards of one latent set) in chunks of rows, so memory stays O(chunk) whatever n is; eager
+reading and writing of whole files lives in :mod:`sjalign.io`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from sjalign.errors import FileFormatError, ShapeError, SjalignError
+from sjalign.io import LATENTS_FORMAT, Latents, all_unique, check_output, load_latents
+
+# ---------------------------------------------------------------- lazy reading of large latents files
+
+DEFAULT_CHUNK_ROWS = 8192
+_NUMPY_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2")}
+_FLOAT_CODES = (*_NUMPY_DTYPES, "BF16")
+_HEADER_LIMIT = 100_000_000  # safetensors refuses larger headers too
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the byte offset where its data buffer starts.
+
+    Layout (safetensors format): 8-byte little-endian header length N, N bytes of JSON
+    ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then
+    the data; tensor offsets are relative to byte 8 + N.
+
+    Raises:
+        FileFormatError: missing file or a header that cannot be read.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            size = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+            if not 0 < size <= min(_HEADER_LIMIT, path.stat().st_size - 8):
+                raise ValueError("bad header length")
+            header = json.loads(f.read(size))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except FileNotFoundError:
+        raise FileFormatError(f"{path}: no such file") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"{path}: not a valid safetensors file ({exc})") from None
+    return header, 8 + size
+
+
+@dataclass
+class LazyLatents:
+    """A latents file opened without reading its ``latents`` tensor (SPEC §2).
+
+    The small tensors (``state_ids``, ``labels``, ``split``) are read when the file is opened;
+    rows of ``latents`` (n, d) only when asked for:
+
+    * a contiguous range of rows through ``safetensors.safe_open(path, "pt").get_slice``,
+      which maps the file and hands back a view of just those rows (no copy until the caller
+      copies them into its own buffer); the file is unmapped again after each read, so a
+      reader never holds more of the file in memory than the rows it asked for;
+    * scattered rows (ascending) through ``np.memmap`` of the byte range that covers them,
+      which touches only the pages of those rows (the documented fallback for row gathers).
+
+    Finiteness of ``latents`` is not checked at open (that would read the whole file); see
+    :meth:`check_finite`.
+
+    Attributes:
+        path: the file.
+        metadata: str -> str.
+        state_ids: (n,) int64, unique.
+        labels: (n,) int64 or None.
+        split: (n,) uint8 (0 = train, 1 = test) or None.
+        shape: (n, d) of ``latents``.
+        dtype: safetensors dtype code of ``latents`` (``F32`` as ``embed`` writes; F64, F16, BF16 read too).
+        data_offset: byte offset of ``latents`` row 0 in the file.
+        layer_names: names of the per-layer tensors ``layer.NAME`` (not read).
+    """
+
+    path: Path
+    metadata: dict[str, str]
+    state_ids: np.ndarray
+    labels: np.ndarray | None
+    split: np.ndarray | None
+    shape: tuple[int, int]
+    dtype: str
+    data_offset: int
+    layer_names: tuple[str, ...] = ()
+
+    @property
+    def n(self) -> int:
+        return int(self.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.shape[1])
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def read_rows(self, start: int, stop: int, *, out: np.ndarray | None = None,
+                  shift: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of ``latents`` minus ``shift``, as (m, d) float32 or into ``out``.
+
+        Args:
+            out: (stop − start, d) float32 or float64 buffer to fill (allocated when None).
+            shift: (d,) subtracted from every row on the way in (None: no shift).
+        """
+        from safetensors import safe_open
+
+        if out is None:
+            out = np.empty((stop - start, self.dim), np.float32)
+        with safe_open(str(self.path), framework="pt") as f:
+            block = f.get_slice("latents")[start:stop]
+        src = block.numpy() if self.dtype in _NUMPY_DTYPES else block.float().numpy()
+        _copy_shifted(src, out, shift)
+        return out
+
+    def take_rows(self, rows: np.ndarray, *, out: np.ndarray | None = None,
+                  shift: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``rows`` (ascending) of ``latents`` minus ``shift``, as (m, d) float32 or into ``out``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(rows), self.dim), np.float32)
+        if len(rows) == 0:
+            return out
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        if self.dtype in _NUMPY_DTYPES:
+            dt = _NUMPY_DTYPES[self.dtype]
+            span = np.memmap(self.path, dtype=dt, mode="r", offset=self.data_offset + lo * self.dim * dt.itemsize,
+                             shape=(hi - lo, self.dim))
+            src = np.take(span, rows - lo, axis=0)
+            del span
+        else:  # bfloat16 has no numpy dtype: a view of the covering rows through safetensors
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), framework="pt") as f:
+                span = f.get_slice("latents")[lo:hi]
+            src = span[rows - lo].float().numpy()
+            del span
+        _copy_shifted(src, out, shift)
+        return out
+
+    def iter_rows(self, chunk: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, (m, d) float32 rows) for consecutive chunks of at most ``chunk`` rows."""
+        for start in range(0, self.n, chunk):
+            yield start, self.read_rows(start, min(start + chunk, self.n))
+
+    def count_nonfinite_rows(self, chunk: int = DEFAULT_CHUNK_ROWS) -> int:
+        """Rows of ``latents`` holding NaN or Inf (one streamed pass over the file)."""
+        bad = 0
+        for _, block in self.iter_rows(chunk):
+            if not np.isfinite(block.sum()):  # a NaN/Inf anywhere propagates; rare overflow is re-checked
+                bad += int((~np.isfinite(block)).any(axis=1).sum())
+        return bad
+
+    def check_finite(self, chunk: int = DEFAULT_CHUNK_ROWS) -> None:
+        """Raise SjalignError naming the file if any latents row holds NaN or Inf (reads the file once)."""
+        bad = self.count_nonfinite_rows(chunk)
+        if bad:
+            raise SjalignError(f"{self.name}: 'latents' contains NaN or Inf in {bad} of {self.n} rows")
+
+    def load(self) -> Latents:
+        """The whole file in memory, validated (:func:`load_latents`)."""
+        return load_latents(self.path)
+
+
+def _copy_shifted(src: np.ndarray, out: np.ndarray, shift: np.ndarray | None) -> None:
+    if out.shape != src.shape:
+        raise ShapeError(f"row buffer has shape {out.shape}, expected {src.shape}")
+    if shift is None:
+        np.copyto(out, src, casting="same_kind")
+    else:
+        np.subtract(src, np.asarray(shift, dtype=out.dtype), out=out, casting="same_kind")
+
+
+def open_latents(path: str | os.PathLike) -> LazyLatents:
+    """Open a latents file lazily: header, metadata and small tensors now, ``latents`` rows later.
+
+    Checks everything :func:`validate_latents` checks except finiteness of ``latents``
+    (see :meth:`LazyLatents.check_finite`).
+
+    Raises:
+        FileFormatError: missing file, not safetensors, wrong ``sjalign.format``, missing tensors.
+        ShapeError / SjalignError: inconsistent shapes, a non-float ``latents``, duplicate ids, bad split.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"{path}: no such file")
+    header, data_start = read_header(path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = dict(f.metadata() or {})
+            keys = set(f.keys())
+            small = {k: f.get_tensor(k) for k in ("state_ids", "labels", "split") if k in keys}
+    except Exception as exc:  # safetensors raises several types for a corrupt header
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FileFormatError(f"{path}: not a valid safetensors file ({reason})") from None
+    tag = metadata.get("sjalign.format")
+    if tag != LATENTS_FORMAT:
+        got = f"'{tag}'" if tag else "no sjalign.format tag"
+        raise FileFormatError(f"{path}: expected an sjalign {LATENTS_FORMAT} file, found {got}")
+    for key in ("latents", "state_ids"):
+        if key not in keys:
+            raise FileFormatError(f"{path}: missing tensor '{key}'")
+    info = header["latents"]
+    shape, dtype = tuple(info["shape"]), info["dtype"]
+    if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
+        raise ShapeError(f"{path}: 'latents' must be a non-empty (n, d) array, got shape {shape}")
+    if dtype not in _FLOAT_CODES:
+        raise FileFormatError(f"{path}: 'latents' must be floating point, found dtype {dtype}")
+    n = shape[0]
+    for key, arr in small.items():
+        if arr.shape != (n,):
+            raise ShapeError(f"{path}: '{key}' has shape {arr.shape}, expected ({n},) to match 'latents'")
+    layer_names = tuple(sorted(k[len("layer."):] for k in keys if k.startswith("layer.")))
+    for name in layer_names:
+        lshape = tuple(header[f"layer.{name}"]["shape"])
+        if len(lshape) != 2 or lshape[0] != n:
+            raise ShapeError(f"{path}: 'layer.{name}' has shape {lshape}, expected ({n}, d)")
+    ids = small["state_ids"].astype(np.int64, copy=False)
+    if not all_unique(ids):
+        raise SjalignError(f"{path}: state ids are not unique")
+    split = small["split"].astype(np.uint8) if "split" in small else None
+    if split is not None and not np.isin(split, (0, 1)).all():
+        raise SjalignError(f"{path}: 'split' must hold only 0 (train) and 1 (test)")
+    labels = small["labels"].astype(np.int64) if "labels" in small else None
+    return LazyLatents(path, metadata, ids, labels, split, (int(shape[0]), int(shape[1])), dtype,
+                       data_start + int(info["data_offsets"][0]), layer_names)
+
+
+@dataclass
+class LatentsSet:
+    """One latent set stored as one or more files (shards), rows concatenated in the order given.
+
+    Shards are what several machines or GPUs write when each embeds part of the states: they
+    share the dimension and dtype and hold disjoint state ids. Global row r is row
+    ``r − offsets[i]`` of shard i, for ``offsets[i] <= r < offsets[i + 1]``.
+
+    Attributes:
+        shards: the opened files.
+        offsets: (s + 1,) int64 cumulative row counts.
+        state_ids: (n,) int64, unique across shards.
+        labels: (n,) int64 when every shard carries labels, else None.
+        split: (n,) uint8 when every shard carries a split, else None.
+    """
+
+    shards: list[LazyLatents]
+    offsets: np.ndarray = field(init=False)
+    state_ids: np.ndarray = field(init=False)
+    labels: np.ndarray | None = field(init=False)
+    split: np.ndarray | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.offsets = np.concatenate([[0], np.cumsum([s.n for s in self.shards])]).astype(np.int64)
+        self.state_ids = np.concatenate([s.state_ids for s in self.shards])
+        self.labels = (np.concatenate([s.labels for s in self.shards])
+                       if all(s.labels is not None for s in self.shards) else None)
+        self.split = (np.concatenate([s.split for s in self.shards])
+                      if all(s.split is not None for s in self.shards) else None)
+
+    @property
+    def n(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def dim(self) -> int:
+        return self.shards[0].dim
+
+    @property
+    def paths(self) -> list[Path]:
+        return [s.path for s in self.shards]
+
+    @property
+    def name(self) -> str:
+        return ",".join(s.name for s in self.shards)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The first shard's metadata (encoder, dataset, view, ...)."""
+        return self.shards[0].metadata
+
+    def shard_of(self, rows: np.ndarray) -> np.ndarray:
+        """(m,) shard index of each global row."""
+        return np.searchsorted(self.offsets, rows, side="right") - 1
+
+    def read_into(self, rows: np.ndarray, out: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+        """Fill ``out`` (m, d) with global rows ``rows`` (ascending) minus ``shift``.
+
+        A run of consecutive rows inside one shard is one contiguous slice read; other rows
+        are gathered (:meth:`LazyLatents.take_rows`).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return out
+        if np.any(rows[1:] <= rows[:-1]):
+            raise ValueError("rows must be strictly ascending")
+        bounds = np.searchsorted(rows, self.offsets)
+        for i, shard in enumerate(self.shards):
+            a, b = bounds[i], bounds[i + 1]
+            if a == b:
+                continue
+            local = rows[a:b] - self.offsets[i]
+            if local[-1] - local[0] + 1 == len(local):
+                shard.read_rows(int(local[0]), int(local[-1]) + 1, out=out[a:b], shift=shift)
+            else:
+                shard.take_rows(local, out=out[a:b], shift=shift)
+        return out
+
+    def check_finite(self, chunk: int = DEFAULT_CHUNK_ROWS) -> None:
+        """Raise SjalignError naming the shard whose ``latents`` hold NaN or Inf (reads every shard once)."""
+        for shard in self.shards:
+            shard.check_finite(chunk)
+
+
+def open_latents_set(paths: Sequence[str | os.PathLike]) -> LatentsSet:
+    """Open one or more latents files as the shards of one latent set (lazily).
+
+    Raises:
+        FileFormatError / ShapeError / SjalignError: a shard that is not a latents file (named),
+            shards of different dimension or dtype, or shards whose state ids overlap (both named).
+    """
+    if not paths:
+        raise SjalignError("no latents files given")
+    shards = [open_latents(p) for p in paths]
+    first = shards[0]
+    for s in shards[1:]:
+        if s.dim != first.dim:
+            raise ShapeError(f"{first.name} ({first.dim}-d) and {s.name} ({s.dim}-d): shards of one latent set "
+                             "must have the same dimension")
+        if s.dtype != first.dtype:
+            raise SjalignError(f"{first.name} ({first.dtype}) and {s.name} ({s.dtype}): shards of one latent set "
+                               "must have the same latents dtype")
+    lset = LatentsSet(shards)
+    if len(shards) > 1 and not all_unique(lset.state_ids):
+        for i, s in enumerate(shards):
+            for t in shards[i + 1:]:
+                both = np.intersect1d(s.state_ids, t.state_ids, assume_unique=True)
+                if len(both):
+                    raise SjalignError(f"{s.name} and {t.name}: {len(both)} state id(s) appear in both shards "
+                                       f"(e.g. {int(both[0])}); shards of one side must hold disjoint states")
+    return lset
+
+
+# ---------------------------------------------------------------- streamed writing of large latents files
+
+def write_latents_stream(path: str | os.PathLike, blocks: Iterable[np.ndarray], *, n: int, dim: int,
+                         state_ids: np.ndarray, labels: np.ndarray | None = None, split: np.ndarray | None = None,
+                         metadata: Mapping[str, str] | None = None, force: bool = False) -> Path:
+    """Write a latents file from row blocks without holding all rows (SPEC §2 layout, one pass).
+
+    The safetensors header is written first (its sizes are known from ``n`` and ``dim``), then
+    the ``latents`` blocks (m, dim) as float32 in order, then ``state_ids``, ``labels``,
+    ``split``; the file goes to a temp name beside ``path`` and is renamed into place only
+    when complete, so a failure (bad block, exception in the producer) leaves no file.
+
+    Raises:
+        ShapeError: blocks of the wrong width or a total other than ``n`` rows; small tensors not (n,).
+        SjalignError: duplicate state ids, a bad split, or an existing output without ``force``.
+    """
+    path = check_output(path, force)
+    small = {"state_ids": np.asarray(state_ids, dtype="<i8")}
+    if labels is not None:
+        small["labels"] = np.asarray(labels, dtype="<i8")
+    if split is not None:
+        small["split"] = np.asarray(split, dtype=np.uint8)
+    for key, arr in small.items():
+        if arr.shape != (n,):
+            raise ShapeError(f"{path}: '{key}' has shape {arr.shape}, expected ({n},)")
+    if not all_unique(small["state_ids"]):
+        raise SjalignError(f"{path}: state ids are not unique")
+    if "split" in small and not np.isin(small["split"], (0, 1)).all():
+        raise SjalignError(f"{path}: 'split' must hold only 0 (train) and 1 (test)")
+    codes = {"state_ids": "I64", "labels": "I64", "split": "U8"}
+    header: dict = {"latents": {"dtype": "F32", "shape": [n, dim], "data_offsets": [0, n * dim * 4]}}
+    offset = n * dim * 4
+    for key, arr in small.items():
+        header[key] = {"dtype": codes[key], "shape": [n], "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    header["__metadata__"] = {k: str(v) for k, v in {**dict(metadata or {}), "sjalign.format": LATENTS_FORMAT}.items()}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(len(raw).to_bytes(8, "little") + raw)
+            rows = 0
+            for block in blocks:
+                block = np.asarray(block)
+                if block.ndim != 2 or block.shape[1] != dim or rows + len(block) > n:
+                    raise ShapeError(f"{path}: a block of shape {block.shape} does not fit ({n}, {dim}) latents "
+                                     f"after {rows} rows")
+                f.write(np.ascontiguousarray(block, dtype="<f4").data)
+                rows += len(block)
+            if rows != n:
+                raise ShapeError(f"{path}: {rows} latents rows written, expected {n}")
+            for arr in small.values():
+                f.write(np.ascontiguousarray(arr).data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
