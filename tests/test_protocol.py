@@ -273,7 +273,8 @@ def test_shift_split_subsets_and_matched_sizes():
 
 
 def test_run_once_shift_is_worse_than_in_distribution_on_a_planted_shift():
-    from sjalign.protocol import EvalOptions, Shift, run_once
+    from sjalign.protocol import Shift
+    from sjalign.runs import EvalOptions, run_once
 
     opts = EvalOptions(ks=(5,), permutations=3, device=CPU)
     run = run_once(_labelled_pairs(), opts, shift=Shift((0, 1, 2), (3, 4, 5)))
@@ -286,7 +287,8 @@ def test_run_once_shift_is_worse_than_in_distribution_on_a_planted_shift():
 
 
 def test_transfer_split_and_control_on_the_same_ids():
-    from sjalign.protocol import EvalOptions, run_once, transfer_split
+    from sjalign.protocol import transfer_split
+    from sjalign.runs import EvalOptions, run_once
 
     pairs = _pairs(300)
     split = choose_split(pairs, seed=0)
@@ -314,7 +316,7 @@ def test_transfer_split_and_control_on_the_same_ids():
 
 
 def test_evaluate_runs_mean_std_over_seeds_and_models():
-    from sjalign.protocol import EvalOptions, evaluate_runs, summarise_runs
+    from sjalign.runs import EvalOptions, evaluate_runs, summarise_runs
 
     opts = EvalOptions(ks=(5,), permutations=3, device=CPU)
     models = [_pairs(200, seed=0, noise=0.5), _pairs(200, seed=1, noise=0.5)]
@@ -347,7 +349,8 @@ def test_evaluate_runs_mean_std_over_seeds_and_models():
 
 
 def test_mean_std_and_directions():
-    from sjalign.protocol import higher_is_better, mean_std
+    from sjalign.protocol import higher_is_better
+    from sjalign.runs import mean_std
 
     assert mean_std([1.0, 3.0, None, float("nan")]) == {"mean": 2.0, "std": pytest.approx(np.sqrt(2)), "n": 2}
     assert mean_std([5.0]) == {"mean": 5.0, "std": 0.0, "n": 1}
@@ -359,7 +362,7 @@ def test_mean_std_and_directions():
 def test_layerwise_cka_matches_linear_cka_and_finds_planted_layers():
     from sjalign.io import Latents
     from sjalign.metrics import linear_cka
-    from sjalign.protocol import layerwise_cka
+    from sjalign.runs import layerwise_cka
 
     rng = np.random.default_rng(4)
     n = 150

@@ -163,7 +163,8 @@ def print_sweep(rows: list[dict], name: str, label: str) -> None:
 
 def assemble_result(runs, *, a_paths, b_paths, lat_a, lat_b, config: EvaluateConfig, control_paths) -> dict:
     """The JSON result: the first run's keys (SPEC §1), plus mean ± std when there are several runs."""
-    from sjalign.protocol import higher_is_better, summarise_runs
+    from sjalign.protocol import higher_is_better
+    from sjalign.runs import summarise_runs
 
     first = runs[0]
     result = dict(first.result)
@@ -245,9 +246,8 @@ def evaluate_command(
     """
     from sjalign.align import check_source, load_map
     from sjalign.io import atomic_write_bytes, check_output
-    from sjalign.protocol import (
-        DEFAULT_KS, EvalOptions, choose_split, default_budgets, evaluate_runs, layerwise_cka, pair_budget_sweep, pair_noise_sweep,
-    )
+    from sjalign.protocol import DEFAULT_KS, choose_split, pair_budget_sweep, pair_noise_sweep
+    from sjalign.runs import EvalOptions, default_budgets, evaluate_runs, layerwise_cka
 
     ks = parse_ks(k or ",".join(map(str, DEFAULT_KS)))
     budgets = parse_list(pair_budget, int, "--pair-budget")

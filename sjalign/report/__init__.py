@@ -59,9 +59,9 @@ def report_figures(result: dict, run, *, budget_curves: dict | None = None, laye
 
     Args:
         result: the evaluate result (JSON shape).
-        run: the first :class:`sjalign.protocol.Run` (its pairs, split, map and control).
+        run: the first :class:`sjalign.runs.Run` (its pairs, split, map and control).
         budget_curves: {"map": pair_budget rows, "control": rows} or None.
-        layer_cka: :func:`sjalign.protocol.layerwise_cka` output or None.
+        layer_cka: :func:`sjalign.runs.layerwise_cka` output or None.
 
     Returns:
         [(file name, title, caption, PNG bytes)], in reading order.
