@@ -74,25 +74,9 @@ def pair_rows(a: LatentsSet, b: LatentsSet) -> PairedRows:
     Raises:
         SjalignError: no shared ids, or shared ids whose labels or splits disagree.
     """
-    if np.array_equal(a.state_ids, b.state_ids):  # same states in the same order (one embed run per view)
-        order = np.argsort(a.state_ids, kind="stable")
-        shared, ia, ib = a.state_ids[order], order, order
-    else:
-        shared, ia, ib = np.intersect1d(a.state_ids, b.state_ids, assume_unique=True, return_indices=True)
-    if len(shared) == 0:
-        raise SjalignError(f"{a.name} and {b.name}: no shared state ids, nothing to pair")
-    labels = None
-    if a.labels is not None and b.labels is not None and not np.array_equal(a.labels[ia], b.labels[ib]):
-        raise SjalignError(f"{a.name} and {b.name}: labels disagree on shared state ids")
-    if a.labels is not None:
-        labels = a.labels[ia]
-    elif b.labels is not None:
-        labels = b.labels[ib]
-    split = None
-    if a.split is not None and b.split is not None:
-        if not np.array_equal(a.split[ia], b.split[ib]):
-            raise SjalignError(f"{a.name} and {b.name}: train/test splits disagree on shared state ids")
-        split = a.split[ia]
+    from sjalign.data.pairing import join_state_ids
+
+    shared, ia, ib, labels, split = join_state_ids(a, b)
     return PairedRows(shared, ia.astype(np.int64, copy=False), ib.astype(np.int64, copy=False), labels, split,
                       dropped_a=a.n - len(shared), dropped_b=b.n - len(shared))
 

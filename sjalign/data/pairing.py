@@ -33,27 +33,45 @@ class Pairs:
     dropped_b: int
 
 
+def join_state_ids(a, b) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The state ids two latent sets share, their rows on each side, and the agreed labels and split.
+
+    Args:
+        a, b: anything with ``name`` (for messages), ``state_ids`` (n,) int64 (unique), and
+            ``labels`` / ``split`` (n,) arrays or None — a :class:`Latents` or a lazily opened set.
+
+    Returns:
+        (shared (m,) sorted ids, ia (m,) rows of ``a``, ib (m,) rows of ``b``, labels (m,) from
+        either side or None, split (m,) when both sides carry one, else None).
+
+    Raises:
+        SjalignError: no shared ids, or shared ids whose labels or splits disagree.
+    """
+    if np.array_equal(a.state_ids, b.state_ids):  # same states in the same order (one embed run per view)
+        ia = ib = np.argsort(a.state_ids, kind="stable")
+        shared = a.state_ids[ia]
+    else:
+        shared, ia, ib = np.intersect1d(a.state_ids, b.state_ids, assume_unique=True, return_indices=True)
+    if len(shared) == 0:
+        raise SjalignError(f"{a.name} and {b.name}: no shared state ids, nothing to pair")
+    if a.labels is not None and b.labels is not None and not np.array_equal(a.labels[ia], b.labels[ib]):
+        raise SjalignError(f"{a.name} and {b.name}: labels disagree on shared state ids")
+    labels = a.labels[ia] if a.labels is not None else None if b.labels is None else b.labels[ib]
+    split = None
+    if a.split is not None and b.split is not None:
+        if not np.array_equal(a.split[ia], b.split[ib]):
+            raise SjalignError(f"{a.name} and {b.name}: train/test splits disagree on shared state ids")
+        split = a.split[ia]
+    return shared, ia, ib, labels, split
+
+
 def pair_by_state_id(a: Latents, b: Latents) -> Pairs:
     """Join two latents sets on state id; row order in the files does not matter.
 
     Raises:
         SjalignError: no shared ids, or shared ids whose labels or splits disagree.
     """
-    shared, ia, ib = np.intersect1d(a.state_ids, b.state_ids, assume_unique=True, return_indices=True)
-    if len(shared) == 0:
-        raise SjalignError(f"{a.name} and {b.name}: no shared state ids, nothing to pair")
-    labels = None
-    if a.labels is not None and b.labels is not None and not np.array_equal(a.labels[ia], b.labels[ib]):
-        raise SjalignError(f"{a.name} and {b.name}: labels disagree on shared state ids")
-    if a.labels is not None:
-        labels = a.labels[ia]
-    elif b.labels is not None:
-        labels = b.labels[ib]
-    split = None
-    if a.split is not None and b.split is not None:
-        if not np.array_equal(a.split[ia], b.split[ib]):
-            raise SjalignError(f"{a.name} and {b.name}: train/test splits disagree on shared state ids")
-        split = a.split[ia]
+    shared, ia, ib, labels, split = join_state_ids(a, b)
     return Pairs(a.latents[ia], b.latents[ib], shared, labels, split,
                  dropped_a=len(a.state_ids) - len(shared), dropped_b=len(b.state_ids) - len(shared))
 
