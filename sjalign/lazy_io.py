@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -17,7 +16,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from sjalign.errors import FileFormatError, ShapeError, SjalignError
-from sjalign.io import LATENTS_FORMAT, Latents, all_unique, check_output, load_latents
+from sjalign.io import LATENTS_FORMAT, Latents, all_unique, atomic_file, check_output, load_latents
 
 # ---------------------------------------------------------------- lazy reading of large latents files
 
@@ -389,26 +388,18 @@ def write_latents_stream(path: str | os.PathLike, blocks: Iterable[np.ndarray], 
     header["__metadata__"] = {k: str(v) for k, v in {**dict(metadata or {}), "sjalign.format": LATENTS_FORMAT}.items()}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(raw).to_bytes(8, "little") + raw)
-            rows = 0
-            for block in blocks:
-                block = np.asarray(block)
-                if block.ndim != 2 or block.shape[1] != dim or rows + len(block) > n:
-                    raise ShapeError(f"{path}: a block of shape {block.shape} does not fit ({n}, {dim}) latents "
-                                     f"after {rows} rows")
-                f.write(np.ascontiguousarray(block, dtype="<f4").data)
-                rows += len(block)
-            if rows != n:
-                raise ShapeError(f"{path}: {rows} latents rows written, expected {n}")
-            for arr in small.values():
-                f.write(np.ascontiguousarray(arr).data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        rows = 0
+        for block in blocks:
+            block = np.asarray(block)
+            if block.ndim != 2 or block.shape[1] != dim or rows + len(block) > n:
+                raise ShapeError(f"{path}: a block of shape {block.shape} does not fit ({n}, {dim}) latents "
+                                 f"after {rows} rows")
+            f.write(np.ascontiguousarray(block, dtype="<f4").data)
+            rows += len(block)
+        if rows != n:
+            raise ShapeError(f"{path}: {rows} latents rows written, expected {n}")
+        for arr in small.values():
+            f.write(np.ascontiguousarray(arr).data)
     return path
