@@ -1,7 +1,7 @@
 """Pretraining objectives, one per module, behind one registry.
 
-An objective is an ``nn.Module`` whose submodule names are its checkpoint's tensor
-prefixes, with:
+An objective is a :class:`~sjalign.jepa.objectives.common.Objective` (an ``nn.Module``
+whose submodule names are its checkpoint's tensor prefixes), with:
 
 - ``name`` and ``export_prefix`` (the submodule :func:`sjalign.jepa.load_encoder` returns),
 - ``from_config(config)`` (classmethod), ``trainable_parameters()``, ``export_encoder()``,

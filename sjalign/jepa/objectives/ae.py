@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
+from sjalign.jepa.objectives.common import Objective
 from sjalign.jepa.objectives.losses import patchify, reconstruction_loss
 from sjalign.jepa.vit import Predictor, VisionTransformer, ViTConfig
 
@@ -28,7 +28,7 @@ class NoMasks(NamedTuple):
     """The autoencoder draws nothing per step."""
 
 
-class AutoEncoder(nn.Module):
+class AutoEncoder(Objective):
     """ViT encoder with a pooled bottleneck and a transformer pixel decoder.
 
     Submodules (checkpoint prefixes): ``encoder.*`` (exported), ``decoder.*``.
@@ -55,14 +55,6 @@ class AutoEncoder(nn.Module):
         """Build from a :class:`sjalign.jepa.config.PretrainConfig` (decoder = pred_dim x pred_depth)."""
         return cls(config.vit, dec_dim=config.pred_dim, dec_depth=config.pred_depth)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """All parameters (encoder and decoder)."""
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def export_encoder(self) -> VisionTransformer:
-        """The encoder to embed with."""
-        return self.encoder
-
     def sample_masks(self, batch_size: int, generator: torch.Generator) -> NoMasks:
         """Nothing to draw (the generator is left untouched)."""
         return NoMasks()
@@ -85,7 +77,3 @@ class AutoEncoder(nn.Module):
         loss = reconstruction_loss(pred, patchify(images, self.patch_size))
         self.last_terms = {"rec": loss.detach()}
         return loss
-
-    def after_step(self, step: int, total_steps: int) -> float:
-        """Nothing to update (no EMA); returns 0.0."""
-        return 0.0

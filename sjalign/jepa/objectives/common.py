@@ -1,5 +1,5 @@
-"""Pieces shared by several objectives: an MLP head, batch-first per-step tensors, and the
-no-EMA latent prediction of LeJEPA and Rectified LpJEPA.
+"""Pieces shared by several objectives: their base class, an MLP head, batch-first per-step
+tensors, and the no-EMA latent prediction of LeJEPA and Rectified LpJEPA.
 
 Every field of an objective's masks NamedTuple is batch-first (dimension 0 = the batch), so a
 trainer may draw one global batch's masks and slice every field per rank; a quantity that is
@@ -14,6 +14,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from sjalign.jepa.vit import Predictor, VisionTransformer, gather_tokens
+
+
+class Objective(nn.Module):
+    """Base of every objective: the parts of the trainer's contract most objectives share.
+
+    Subclasses set ``name`` and ``export_prefix`` (the submodule ``sjalign embed`` uses) and
+    write ``from_config``, ``sample_masks`` and ``forward``; an EMA objective overrides
+    :meth:`after_step`.
+    """
+
+    name: str
+    export_prefix: str = "encoder"
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters updated by the optimizer (an EMA target has ``requires_grad`` off)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def export_encoder(self) -> VisionTransformer:
+        """The encoder to embed with: the submodule named by ``export_prefix``."""
+        return getattr(self, self.export_prefix)
+
+    def after_step(self, step: int, total_steps: int) -> float:
+        """Nothing to update after a step (no EMA); returns 0.0."""
+        return 0.0
 
 
 class MLPHead(nn.Module):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sjalign.jepa.masks import MaskConfig, Masks, sample_masks
+from sjalign.jepa.objectives.common import Objective
 from sjalign.jepa.vit import Predictor, VisionTransformer, ViTConfig, gather_tokens
 
 
@@ -70,7 +71,7 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
 
 
-class IJEPA(nn.Module):
+class IJEPA(Objective):
     """Context encoder, EMA target encoder and narrow predictor of I-JEPA.
 
     Submodule names are the checkpoint's tensor prefixes: ``encoder.*`` (context
@@ -103,14 +104,6 @@ class IJEPA(nn.Module):
     def from_config(cls, config) -> "IJEPA":
         """Build from a :class:`sjalign.jepa.config.PretrainConfig`."""
         return cls(config.vit, pred_dim=config.pred_dim, pred_depth=config.pred_depth, ema=config.ema)
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters updated by the optimizer (context encoder and predictor)."""
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def export_encoder(self) -> VisionTransformer:
-        """The encoder to embed with: the EMA target encoder (I-JEPA practice)."""
-        return self.target_encoder
 
     def sample_masks(self, batch_size: int, generator: torch.Generator) -> Masks:
         """Multi-block masks for one batch (drawn on the CPU)."""

@@ -19,10 +19,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 from sjalign.jepa.masks import MaskConfig, sample_masks
-from sjalign.jepa.objectives.common import batch_shared, self_prediction
+from sjalign.jepa.objectives.common import Objective, batch_shared, self_prediction
 from sjalign.jepa.objectives.losses import random_directions, sigreg
 from sjalign.jepa.vit import Predictor, VisionTransformer, ViTConfig
 
@@ -41,7 +40,7 @@ class SlicedMasks(NamedTuple):
     directions: torch.Tensor
 
 
-class LeJEPA(nn.Module):
+class LeJEPA(Objective):
     """ViT encoder and narrow predictor trained with latent prediction + λ·SIGReg.
 
     Submodules (checkpoint prefixes): ``encoder.*`` (the exported encoder), ``predictor.*``.
@@ -73,14 +72,6 @@ class LeJEPA(nn.Module):
         return cls(config.vit, pred_dim=config.pred_dim, pred_depth=config.pred_depth,
                    reg_weight=config.reg_weight, num_slices=config.num_slices)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """All parameters (encoder and predictor)."""
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def export_encoder(self) -> VisionTransformer:
-        """The encoder to embed with (there is no EMA copy)."""
-        return self.encoder
-
     def sample_masks(self, batch_size: int, generator: torch.Generator) -> SlicedMasks:
         """Multi-block masks and S fresh unit directions in R^D, drawn on the CPU."""
         m = sample_masks(batch_size, self.grid, self.mask_config, generator=generator)
@@ -101,7 +92,3 @@ class LeJEPA(nn.Module):
         reg = sigreg(pooled, masks.directions[0])  # pooled: (B, D)
         self.last_terms = {"pred": pred.detach(), "sigreg": reg.detach()}
         return pred + self.reg_weight * reg
-
-    def after_step(self, step: int, total_steps: int) -> float:
-        """Nothing to update (no EMA); returns 0.0, the momentum of a target equal to the encoder."""
-        return 0.0

@@ -19,10 +19,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 from sjalign.jepa.masks import MaskConfig, sample_masks
-from sjalign.jepa.objectives.common import MLPHead, batch_shared, self_prediction
+from sjalign.jepa.objectives.common import MLPHead, Objective, batch_shared, self_prediction
 from sjalign.jepa.objectives.losses import random_directions, rdmreg, sample_rgg
 from sjalign.jepa.vit import Predictor, VisionTransformer, ViTConfig
 
@@ -43,7 +42,7 @@ class RDMMasks(NamedTuple):
     rgg: torch.Tensor
 
 
-class LpJEPA(nn.Module):
+class LpJEPA(Objective):
     """ViT encoder, predictor and rectified projector trained with prediction + λ·RDMReg.
 
     Submodules (checkpoint prefixes): ``encoder.*`` (exported), ``predictor.*``, ``projector.*``.
@@ -80,14 +79,6 @@ class LpJEPA(nn.Module):
         return cls(config.vit, pred_dim=config.pred_dim, pred_depth=config.pred_depth, proj_dim=config.proj_dim,
                    reg_weight=config.reg_weight, num_slices=config.num_slices, rgg_p=config.rgg_p)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """All parameters (encoder, predictor, projector)."""
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def export_encoder(self) -> VisionTransformer:
-        """The encoder to embed with (there is no EMA copy; the projector is not part of it)."""
-        return self.encoder
-
     def sample_masks(self, batch_size: int, generator: torch.Generator) -> RDMMasks:
         """Multi-block masks, S unit directions in R^P and B RGG samples, drawn on the CPU."""
         m = sample_masks(batch_size, self.grid, self.mask_config, generator=generator)
@@ -110,7 +101,3 @@ class LpJEPA(nn.Module):
         reg = rdmreg(r, masks.rgg, masks.directions[0])
         self.last_terms = {"pred": pred.detach(), "rdmreg": reg.detach()}
         return pred + self.reg_weight * reg
-
-    def after_step(self, step: int, total_steps: int) -> float:
-        """Nothing to update (no EMA); returns 0.0."""
-        return 0.0

@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
+from sjalign.jepa.objectives.common import Objective
 from sjalign.jepa.objectives.losses import normalize_patches, patchify, reconstruction_loss
 from sjalign.jepa.vit import Predictor, VisionTransformer, ViTConfig, gather_tokens
 
@@ -51,7 +51,7 @@ def random_masks(batch_size: int, num_patches: int, mask_ratio: float, *, genera
                        masked=order[:, :num_masked].sort(dim=1).values)
 
 
-class MAE(nn.Module):
+class MAE(Objective):
     """ViT encoder on visible patches plus a light transformer pixel decoder.
 
     Submodules (checkpoint prefixes): ``encoder.*`` (exported), ``decoder.*``.
@@ -80,14 +80,6 @@ class MAE(nn.Module):
         """Build from a :class:`sjalign.jepa.config.PretrainConfig` (decoder = pred_dim x pred_depth)."""
         return cls(config.vit, dec_dim=config.pred_dim, dec_depth=config.pred_depth, mask_ratio=config.mask_ratio)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """All parameters (encoder and decoder)."""
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def export_encoder(self) -> VisionTransformer:
-        """The encoder to embed with (MAE's evaluations run it on all patches)."""
-        return self.encoder
-
     def sample_masks(self, batch_size: int, generator: torch.Generator) -> RandomMasks:
         """Random visible / masked split per image, drawn on the CPU."""
         return random_masks(batch_size, self.encoder.num_patches, self.mask_ratio, generator=generator)
@@ -108,7 +100,3 @@ class MAE(nn.Module):
         loss = reconstruction_loss(pred, target)
         self.last_terms = {"rec": loss.detach()}
         return loss
-
-    def after_step(self, step: int, total_steps: int) -> float:
-        """Nothing to update (no EMA); returns 0.0."""
-        return 0.0

@@ -21,9 +21,8 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
-from sjalign.jepa.objectives.common import MLPHead
+from sjalign.jepa.objectives.common import MLPHead, Objective
 from sjalign.jepa.objectives.losses import nt_xent
 from sjalign.jepa.vit import VisionTransformer, ViTConfig
 
@@ -106,7 +105,7 @@ def augment(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, contr
     return out.clamp(0.0, 1.0)
 
 
-class SimCLR(nn.Module):
+class SimCLR(Objective):
     """ViT encoder plus projection head trained with NT-Xent on two augmented views.
 
     Submodules (checkpoint prefixes): ``encoder.*`` (exported), ``head.*``.
@@ -132,14 +131,6 @@ class SimCLR(nn.Module):
         """Build from a :class:`sjalign.jepa.config.PretrainConfig`."""
         return cls(config.vit, proj_dim=config.proj_dim, temperature=config.temperature)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """All parameters (encoder and head)."""
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def export_encoder(self) -> VisionTransformer:
-        """The encoder to embed with (SimCLR's representation h is before the head)."""
-        return self.encoder
-
     def sample_masks(self, batch_size: int, generator: torch.Generator) -> AugParams:
         """Augmentation parameters of two views per image, drawn on the CPU."""
         return sample_aug_params(batch_size, self.img_size, generator=generator)
@@ -162,7 +153,3 @@ class SimCLR(nn.Module):
         loss = nt_xent(z[:B], z[B:], self.temperature)
         self.last_terms = {"nt_xent": loss.detach()}
         return loss
-
-    def after_step(self, step: int, total_steps: int) -> float:
-        """Nothing to update (no EMA); returns 0.0."""
-        return 0.0
