@@ -260,12 +260,15 @@ class LatentsSet:
     split: np.ndarray | None = field(init=False)
 
     def __post_init__(self) -> None:
+        def joined(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+            if any(x is None for x in arrays):
+                return None
+            return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)  # one shard: no copy
+
         self.offsets = np.concatenate([[0], np.cumsum([s.n for s in self.shards])]).astype(np.int64)
-        self.state_ids = np.concatenate([s.state_ids for s in self.shards])
-        self.labels = (np.concatenate([s.labels for s in self.shards])
-                       if all(s.labels is not None for s in self.shards) else None)
-        self.split = (np.concatenate([s.split for s in self.shards])
-                      if all(s.split is not None for s in self.shards) else None)
+        self.state_ids = joined([s.state_ids for s in self.shards])
+        self.labels = joined([s.labels for s in self.shards])
+        self.split = joined([s.split for s in self.shards])
 
     @property
     def n(self) -> int:

@@ -281,9 +281,34 @@ def test_streaming_holds_one_chunk(sharded, monkeypatch):
     real = Moments.add_centred
     monkeypatch.setattr(Moments, "add_centred", lambda self, u, v: (sizes.append((u.shape, v.shape)),
                                                                      real(self, u, v))[1])
-    mom = stream_moments(a, b, paired.rows_a, paired.rows_b, chunk=50)[0]
-    assert mom.n == len(paired.state_ids) == sum(s[0][0] for s in sizes)
-    assert max(s[0][0] for s in sizes) == 50 and all(s[0][0] == s[1][0] for s in sizes)
+    moms = {}
+    for prefetch, rows in ((False, 50), (True, 25)):  # with prefetch: two buffer pairs of half a chunk
+        sizes.clear()
+        moms[prefetch] = mom = stream_moments(a, b, paired.rows_a, paired.rows_b, chunk=50, prefetch=prefetch)[0]
+        assert mom.n == len(paired.state_ids) == sum(s[0][0] for s in sizes)
+        assert max(s[0][0] for s in sizes) == rows and all(s[0][0] == s[1][0] for s in sizes)
+    one, two = moms[False].standardised(), moms[True].standardised()
+    np.testing.assert_allclose(two.c_aa, one.c_aa, atol=1e-12)
+    np.testing.assert_allclose(two.c_ab, one.c_ab, atol=1e-12)
+    np.testing.assert_allclose(two.a_mean, one.a_mean, rtol=1e-12)
+
+
+def test_streaming_reader_error_reaches_the_caller(sharded, monkeypatch):
+    """A read that fails in the prefetch thread raises in the caller, not in the background."""
+    a_shards, b_shards, *_ = sharded
+    a, b = open_latents_set(a_shards), open_latents_set(b_shards)
+    paired = pair_rows(a, b)
+    real, calls = type(b).read_into, []
+
+    def flaky(self, rows, out, shift=None):
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise FileFormatError("b.safetensors: truncated")
+        return real(self, rows, out, shift)
+
+    monkeypatch.setattr(type(b), "read_into", flaky)
+    with pytest.raises(FileFormatError, match="truncated"):
+        stream_moments(a, b, paired.rows_a, paired.rows_b, chunk=100)
 
 
 def test_non_finite_train_row_names_the_file(tmp_path):

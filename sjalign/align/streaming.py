@@ -23,13 +23,14 @@ Memory: 2 chunks of rows (``chunk`` × (d_a + d_b) floats) + the float64 moments
 from __future__ import annotations
 
 from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
 
 from sjalign.align.maps import DEFAULT_LAMBDA, LAMBDA_GRID, AlignmentMap, map_from_moments, solve_ridge
 from sjalign.align.moments import Moments
-from sjalign.errors import SjalignError
+from sjalign.errors import ShapeError, SjalignError
 from sjalign.lazy_io import DEFAULT_CHUNK_ROWS, LatentsSet
 
 PRECISIONS = ("float32", "float64")
@@ -41,8 +42,9 @@ class PairedRows:
 
     Attributes:
         state_ids: (n,) int64 shared ids, ascending.
-        rows_a: (n,) int64 global row of each id in the A set.
-        rows_b: (n,) int64 global row of each id in the B set.
+        rows_a: (n,) int32 (int64 beyond 2³¹ rows) global row of each id in the A set.
+        rows_b: (n,) the same for the B set (the same array as ``rows_a`` when both sets hold the
+            same ids in the same order).
         labels: (n,) int64 or None.  split: (n,) uint8 or None (both sides carry one).
         dropped_a, dropped_b: ids of each side without a partner.
     """
@@ -77,22 +79,32 @@ def pair_rows(a: LatentsSet, b: LatentsSet) -> PairedRows:
     from sjalign.data.pairing import join_state_ids
 
     shared, ia, ib, labels, split = join_state_ids(a, b)
-    return PairedRows(shared, ia.astype(np.int64, copy=False), ib.astype(np.int64, copy=False), labels, split,
-                      dropped_a=a.n - len(shared), dropped_b=b.n - len(shared))
+    rows_a = ia.astype(_row_dtype(a.n), copy=False)
+    rows_b = rows_a if ib is ia else ib.astype(_row_dtype(b.n), copy=False)
+    return PairedRows(shared, rows_a, rows_b, labels, split, dropped_a=a.n - len(shared), dropped_b=b.n - len(shared))
+
+
+def _row_dtype(n: int) -> np.dtype:
+    """int32 row numbers while they fit (half the memory of int64 for the O(n) arrays), else int64."""
+    return np.dtype(np.int32) if n < 2**31 else np.dtype(np.int64)
 
 
 def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.ndarray, *,
                    chunk: int = DEFAULT_CHUNK_ROWS, precision: str = "float64", groups: np.ndarray | None = None,
-                   n_groups: int = 1, progress: Callable[[int], None] | None = None) -> list[Moments]:
+                   n_groups: int = 1, prefetch: bool = True,
+                   progress: Callable[[int], None] | None = None) -> list[Moments]:
     """Moments of the paired rows (a[rows_a[i]], b[rows_b[i]]), read chunk by chunk.
 
     Args:
-        rows_a, rows_b: (n,) paired global rows of the two sets (any order).
-        chunk: rows per chunk and side; memory is 2·chunk rows plus the moments.
+        rows_a, rows_b: (n,) integer paired global rows of the two sets (any order).
+        chunk: rows per chunk and side; the row buffers hold ``chunk`` × (d_a + d_b) values in all.
         precision: ``float64`` (default; the in-memory result) or ``float32`` (chunk products in
             float32, sums in float64, ≈ 2× faster; see the error bound in :mod:`sjalign.align.moments`).
         groups: (n,) int group of each pair (e.g. cross-validation fold) and ``n_groups``: one
             set of moments per group, from the same single pass.
+        prefetch: read the next chunk in a background thread while BLAS works on this one
+            (two buffer pairs of ``chunk / 2`` rows, so the same memory); reading, shifting and
+            converting the rows then costs no wall time when BLAS leaves a core free.
         progress: called with the number of pairs done after each chunk.
 
     Returns:
@@ -100,48 +112,67 @@ def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.
 
     Raises:
         SjalignError: a NaN/Inf row in either set (the file is named), or float32 overflow.
+        ShapeError: row numbers that are not two integer arrays of one length.
     """
     if precision not in PRECISIONS:
         raise SjalignError(f"--precision '{precision}': use float32 or float64")
     dtype = np.dtype(precision)
-    rows_a, rows_b = np.asarray(rows_a, np.int64), np.asarray(rows_b, np.int64)
-    order = np.argsort(rows_a, kind="stable")  # walk the A files front to back
-    n = len(order)
+    rows_a, rows_b = np.asarray(rows_a), np.asarray(rows_b)
+    if rows_a.dtype.kind not in "iu" or rows_b.dtype.kind not in "iu" or rows_a.shape != rows_b.shape:
+        raise ShapeError(f"row numbers must be two (n,) integer arrays, got {rows_a.dtype}{rows_a.shape} "
+                         f"and {rows_b.dtype}{rows_b.shape}")
+    n = len(rows_a)
+    # walk the A files front to back; rows already in file order (the usual case) need no permutation
+    order = None if np.all(rows_a[1:] > rows_a[:-1]) else np.argsort(rows_a, kind="stable")
     chunk = max(1, min(int(chunk), n))
-    buf_a = np.empty((chunk, a.dim), dtype)
-    buf_b = np.empty((chunk, b.dim), dtype)
-    moms: list[Moments] | None = None
-    shift_a = shift_b = None
-    for start in range(0, n, chunk):
-        sel = order[start:start + chunk]
-        k = len(sel)
-        ua, vb = buf_a[:k], buf_b[:k]
-        a.read_into(rows_a[sel], ua, shift_a)
-        rb = rows_b[sel]
+    slots = 2 if prefetch and n > chunk else 1
+    chunk = -(-chunk // slots)  # two buffer pairs of half a chunk: the memory of one chunk
+    bufs = [(np.empty((chunk, a.dim), dtype), np.empty((chunk, b.dim), dtype)) for _ in range(slots)]
+    shift: list[np.ndarray | None] = [None, None]  # the pilot shift, set from the first chunk
+
+    def read(start: int) -> tuple[slice | np.ndarray, np.ndarray, np.ndarray]:
+        """Rows of pairs start:start + chunk (in A-file order) into buffer slot (start / chunk) mod slots."""
+        sel = slice(start, start + chunk) if order is None else order[start:start + chunk]
+        ra, rb = rows_a[sel], rows_b[sel]
+        k = len(ra)
+        ua, vb = (buf[:k] for buf in bufs[(start // chunk) % slots])
+        a.read_into(ra, ua, shift[0])
         if k == 1 or np.all(rb[1:] > rb[:-1]):
-            b.read_into(rb, vb, shift_b)
+            b.read_into(rb, vb, shift[1])
         else:  # the B files hold these states in another order: gather them sorted, then place them
             perm = np.argsort(rb)
             tmp = np.empty_like(vb)
-            b.read_into(rb[perm], tmp, shift_b)
+            b.read_into(rb[perm], tmp, shift[1])
             vb[perm] = tmp
-            del tmp
-        if moms is None:  # pilot shift: the first chunk's mean (exact for a constant feature)
-            shift_a = ua.mean(0, dtype=np.float64).astype(dtype)
-            shift_b = vb.mean(0, dtype=np.float64).astype(dtype)
-            ua -= shift_a
-            vb -= shift_b
-            moms = [Moments.zeros(a.dim, b.dim, shift_x=shift_a, shift_y=shift_b) for _ in range(n_groups)]
-        if groups is None:
-            moms[0].add_centred(ua, vb)
-        else:
-            g = groups[sel]
-            for j in range(n_groups):
-                mask = g == j
-                if mask.any():
-                    moms[j].add_centred(ua[mask], vb[mask])
-        if progress is not None:
-            progress(min(start + k, n))
+        return sel, ua, vb
+
+    moms: list[Moments] | None = None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="sjalign-read") if slots == 2 else None
+    try:
+        pending = None
+        for start in range(0, n, chunk):
+            sel, ua, vb = read(start) if pending is None else pending.result()
+            if moms is None:  # pilot shift: the first chunk's mean (exact for a constant feature)
+                shift[0] = ua.mean(0, dtype=np.float64).astype(dtype)
+                shift[1] = vb.mean(0, dtype=np.float64).astype(dtype)
+                ua -= shift[0]
+                vb -= shift[1]
+                moms = [Moments.zeros(a.dim, b.dim, shift_x=shift[0], shift_y=shift[1]) for _ in range(n_groups)]
+            # the next chunk goes to the other buffer slot while this one is accumulated
+            pending = pool.submit(read, start + chunk) if pool is not None and start + chunk < n else None
+            if groups is None:
+                moms[0].add_centred(ua, vb)
+            else:
+                g = groups[sel]
+                for j in range(n_groups):
+                    mask = g == j
+                    if mask.any():
+                        moms[j].add_centred(ua[mask], vb[mask])
+            if progress is not None:
+                progress(min(start + chunk, n))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     if moms is None:
         raise SjalignError("no training pairs to accumulate")
     total = moms[0] if n_groups == 1 else sum(moms[1:], moms[0])
@@ -197,10 +228,13 @@ def fit_map_streaming(a: LatentsSet, b: LatentsSet, paired: PairedRows, train: n
     Raises:
         SjalignError: bad method / λ, too few pairs, non-finite latents.
     """
-    train_idx = np.flatnonzero(train)
-    n = len(train_idx)
-    train_ids = paired.state_ids[train_idx]
-    rows_a, rows_b = paired.rows_a[train_idx], paired.rows_b[train_idx]
+    train = np.asarray(train, dtype=bool)
+    if train.all():  # no copies of the O(n) id and row arrays
+        train_ids, rows_a, rows_b = paired.state_ids, paired.rows_a, paired.rows_b
+    else:
+        train_ids, rows_a = paired.state_ids[train], paired.rows_a[train]
+        rows_b = rows_a if paired.rows_b is paired.rows_a else paired.rows_b[train]
+    n = len(train_ids)
     info: dict = {"precision": precision, "chunk_rows": int(chunk)}
     if lam == "auto":
         if method != "ridge":

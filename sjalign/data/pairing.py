@@ -42,14 +42,20 @@ def join_state_ids(a, b) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
 
     Returns:
         (shared (m,) sorted ids, ia (m,) rows of ``a``, ib (m,) rows of ``b``, labels (m,) from
-        either side or None, split (m,) when both sides carry one, else None).
+        either side or None, split (m,) when both sides carry one, else None). When both sides
+        hold the same ids in the same order, ``ia is ib``; when those ids are also sorted,
+        ``shared`` is ``a.state_ids`` itself (no copy).
 
     Raises:
         SjalignError: no shared ids, or shared ids whose labels or splits disagree.
     """
     if np.array_equal(a.state_ids, b.state_ids):  # same states in the same order (one embed run per view)
-        ia = ib = np.argsort(a.state_ids, kind="stable")
-        shared = a.state_ids[ia]
+        if np.all(a.state_ids[1:] > a.state_ids[:-1]):  # and already sorted: no copy of the ids
+            ia = ib = np.arange(len(a.state_ids))
+            shared = a.state_ids
+        else:
+            ia = ib = np.argsort(a.state_ids, kind="stable")
+            shared = a.state_ids[ia]
     else:
         shared, ia, ib = np.intersect1d(a.state_ids, b.state_ids, assume_unique=True, return_indices=True)
     if len(shared) == 0:
