@@ -273,28 +273,54 @@ def test_shards_equal_one_file(sharded):
     assert _rel(fits[1].W, fits[0].W) < 1e-5
 
 
-def test_streaming_holds_one_chunk(sharded, monkeypatch):
+@pytest.mark.parametrize("groups", [False, True])
+def test_streaming_holds_one_chunk(sharded, monkeypatch, groups):
+    """Whatever the threads, the row buffers hold one chunk and the moments are the same."""
+    import sjalign.align.streaming as streaming
+
     a_shards, b_shards, *_ = sharded
     a, b = open_latents_set(a_shards), open_latents_set(b_shards)
     paired = pair_rows(a, b)
+    folds = np.arange(len(paired.state_ids)) % 3 if groups else None
     sizes = []
-    real = Moments.add_centred
-    monkeypatch.setattr(Moments, "add_centred", lambda self, u, v: (sizes.append((u.shape, v.shape)),
-                                                                     real(self, u, v))[1])
+    real = streaming.chunk_sums
+    monkeypatch.setattr(streaming, "chunk_sums", lambda u, v: (sizes.append((u.shape, v.shape)), real(u, v))[1])
     moms = {}
-    for prefetch, rows in ((False, 50), (True, 25)):  # with prefetch: two buffer pairs of half a chunk
+    # (workers, prefetch) -> rows per piece: one chunk of 50 rows split over the buffers
+    for (workers, prefetch), rows in {(1, False): 50, (1, True): 25, (2, True): 25, (3, False): 17}.items():
         sizes.clear()
-        moms[prefetch] = mom = stream_moments(a, b, paired.rows_a, paired.rows_b, chunk=50, prefetch=prefetch)[0]
-        assert mom.n == len(paired.state_ids) == sum(s[0][0] for s in sizes)
-        assert max(s[0][0] for s in sizes) == rows and all(s[0][0] == s[1][0] for s in sizes)
-    one, two = moms[False].standardised(), moms[True].standardised()
-    np.testing.assert_allclose(two.c_aa, one.c_aa, atol=1e-12)
-    np.testing.assert_allclose(two.c_ab, one.c_ab, atol=1e-12)
-    np.testing.assert_allclose(two.a_mean, one.a_mean, rtol=1e-12)
+        moms[workers, prefetch] = parts = stream_moments(a, b, paired.rows_a, paired.rows_b, chunk=50,
+                                                         workers=workers, prefetch=prefetch, groups=folds,
+                                                         n_groups=3 if groups else 1)
+        assert sum(m.n for m in parts) == len(paired.state_ids) == sum(s[0][0] for s in sizes)
+        assert all(s[0][0] == s[1][0] for s in sizes)
+        if not groups:
+            assert max(s[0][0] for s in sizes) == rows
+    one = moms[1, False]
+    for key, parts in moms.items():
+        for m, ref in zip(parts, one):
+            got, want = m.standardised(), ref.standardised()
+            assert m.n == ref.n, key
+            np.testing.assert_allclose(got.c_aa, want.c_aa, atol=1e-12, err_msg=str(key))
+            np.testing.assert_allclose(got.c_ab, want.c_ab, atol=1e-12, err_msg=str(key))
+            np.testing.assert_allclose(got.a_mean, want.a_mean, rtol=1e-12, err_msg=str(key))
+
+
+def test_streaming_threads_give_the_same_bits_every_time(sharded):
+    """Pieces are added in order, so two threaded runs agree exactly (not just to rounding)."""
+    a_shards, b_shards, *_ = sharded
+    a, b = open_latents_set(a_shards), open_latents_set(b_shards)
+    paired = pair_rows(a, b)
+    runs = [stream_moments(a, b, paired.rows_a, paired.rows_b, chunk=40, workers=3, precision="float32")[0]
+            for _ in range(3)]
+    for m in runs[1:]:
+        np.testing.assert_array_equal(m.sum_xx, runs[0].sum_xx)
+        np.testing.assert_array_equal(m.sum_xy, runs[0].sum_xy)
+        np.testing.assert_array_equal(m.sum_x, runs[0].sum_x)
 
 
 def test_streaming_reader_error_reaches_the_caller(sharded, monkeypatch):
-    """A read that fails in the prefetch thread raises in the caller, not in the background."""
+    """A read that fails in a worker or the prefetch thread raises in the caller, not in the background."""
     a_shards, b_shards, *_ = sharded
     a, b = open_latents_set(a_shards), open_latents_set(b_shards)
     paired = pair_rows(a, b)
@@ -307,8 +333,10 @@ def test_streaming_reader_error_reaches_the_caller(sharded, monkeypatch):
         return real(self, rows, out, shift)
 
     monkeypatch.setattr(type(b), "read_into", flaky)
-    with pytest.raises(FileFormatError, match="truncated"):
-        stream_moments(a, b, paired.rows_a, paired.rows_b, chunk=100)
+    for workers in (1, 2):
+        calls.clear()
+        with pytest.raises(FileFormatError, match="truncated"):
+            stream_moments(a, b, paired.rows_a, paired.rows_b, chunk=100, workers=workers)
 
 
 def test_non_finite_train_row_names_the_file(tmp_path):

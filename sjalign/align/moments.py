@@ -88,22 +88,23 @@ class Moments:
 
         The products run in the buffers' dtype (float32: BLAS ssyrk for uᵀu — numpy calls syrk
         for ``u.T @ u`` — and sgemm for uᵀv; float64: dsyrk/dgemm) and are added to the float64
-        sums. This is the inner step of :func:`sjalign.align.streaming.stream_moments`.
+        sums: :func:`chunk_sums` then :meth:`add_sums`.
         """
         if u.ndim != 2 or v.ndim != 2 or len(u) != len(v):
             raise ShapeError(f"paired chunks must be (m, d_a) and (m, d_b), got {u.shape} and {v.shape}")
         if u.shape[1] != len(self.sum_x) or v.shape[1] != len(self.sum_y):
             raise ShapeError(f"chunks of widths {u.shape[1]}, {v.shape[1]} do not fit moments of "
                              f"{len(self.sum_x)}, {len(self.sum_y)}")
-        if len(u) == 0:
-            return self
-        self.n += len(u)
-        ones = np.ones(len(u), dtype=u.dtype)
-        self.sum_x += ones @ u  # column sums by BLAS gemv (u is shifted, so these stay small)
-        self.sum_y += ones.astype(v.dtype, copy=False) @ v
-        self.sum_xx += u.T @ u  # (d_a, d_a), syrk
-        self.sum_xy += u.T @ v  # (d_a, d_b), gemm
-        self.sum_yy_diag += np.einsum("ij,ij->j", v, v)
+        return self.add_sums(chunk_sums(u, v)) if len(u) else self
+
+    def add_sums(self, sums: "ChunkSums") -> "Moments":
+        """Add one chunk's sums (from :func:`chunk_sums`, same shift) in place; the cheap, O(d²) step."""
+        self.n += sums.n
+        self.sum_x += sums.sum_x
+        self.sum_y += sums.sum_y
+        self.sum_xx += sums.sum_xx
+        self.sum_xy += sums.sum_xy
+        self.sum_yy_diag += sums.sum_yy_diag
         return self
 
     def reshift(self, shift_x: np.ndarray, shift_y: np.ndarray) -> "Moments":
@@ -214,6 +215,30 @@ class Standardised:
     c_ab: np.ndarray
     constant_a: np.ndarray
     constant_b: np.ndarray
+
+
+@dataclass(frozen=True)
+class ChunkSums:
+    """One chunk's sums of shifted rows, in the chunk's dtype (see :func:`chunk_sums`)."""
+
+    n: int
+    sum_x: np.ndarray
+    sum_y: np.ndarray
+    sum_xx: np.ndarray
+    sum_xy: np.ndarray
+    sum_yy_diag: np.ndarray
+
+
+def chunk_sums(u: np.ndarray, v: np.ndarray) -> ChunkSums:
+    """Σu (d_a,), Σv (d_b,), uᵀu (d_a, d_a), uᵀv (d_a, d_b) and Σv² (d_b,) of one chunk of shifted rows.
+
+    The expensive, O(m·d²) step of :meth:`Moments.add_centred`, kept apart so that several
+    threads can compute chunks' sums at once and add them (:meth:`Moments.add_sums`) in order.
+    Products run in the dtype of ``u`` and ``v`` (m, ·); numpy calls BLAS syrk for ``u.T @ u``.
+    """
+    ones = np.ones(len(u), dtype=u.dtype)
+    return ChunkSums(len(u), ones @ u, ones.astype(v.dtype, copy=False) @ v,  # column sums by BLAS gemv
+                     u.T @ u, u.T @ v, np.einsum("ij,ij->j", v, v))
 
 
 def accumulate(x: np.ndarray, y: np.ndarray, *, chunk: int = 65536) -> Moments:

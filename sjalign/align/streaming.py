@@ -23,13 +23,14 @@ Memory: 2 chunks of rows (``chunk`` × (d_a + d_b) floats) + the float64 moments
 from __future__ import annotations
 
 from dataclasses import dataclass
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
 
 from sjalign.align.maps import DEFAULT_LAMBDA, LAMBDA_GRID, AlignmentMap, map_from_moments, solve_ridge
-from sjalign.align.moments import Moments
+from sjalign.align.moments import ChunkSums, Moments, chunk_sums
 from sjalign.errors import ShapeError, SjalignError
 from sjalign.lazy_io import DEFAULT_CHUNK_ROWS, LatentsSet
 
@@ -89,31 +90,50 @@ def _row_dtype(n: int) -> np.dtype:
     return np.dtype(np.int32) if n < 2**31 else np.dtype(np.int64)
 
 
+def blas_threads() -> int:
+    """How many threads numpy's BLAS would use for one call (its OpenBLAS / MKL setting), at least 1."""
+    from threadpoolctl import threadpool_info
+
+    counts = [info.get("num_threads") or 1 for info in threadpool_info() if info.get("user_api") == "blas"]
+    return max([1, *counts])
+
+
 def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.ndarray, *,
                    chunk: int = DEFAULT_CHUNK_ROWS, precision: str = "float64", groups: np.ndarray | None = None,
-                   n_groups: int = 1, prefetch: bool = True,
+                   n_groups: int = 1, workers: int | None = None, prefetch: bool = True,
                    progress: Callable[[int], None] | None = None) -> list[Moments]:
     """Moments of the paired rows (a[rows_a[i]], b[rows_b[i]]), read chunk by chunk.
 
+    The pairs are cut into pieces in A-file order. With ``workers`` = W ≥ 2, W threads each read
+    a piece into their own buffers and compute its sums with single-threaded BLAS
+    (:func:`sjalign.align.moments.chunk_sums`), so one thread's reading overlaps another's
+    BLAS and no core waits on a multi-threaded BLAS call's barrier; the pieces' sums are added
+    to the float64 moments in piece order, so the result does not depend on thread timing. With
+    W = 1 the caller's thread computes, and (``prefetch``) a background thread reads the next
+    piece meanwhile.
+
     Args:
         rows_a, rows_b: (n,) integer paired global rows of the two sets (any order).
-        chunk: rows per chunk and side; the row buffers hold ``chunk`` × (d_a + d_b) values in all.
+        chunk: rows in flight per side: the row buffers hold ``chunk`` × (d_a + d_b) values in all
+            (pieces of ``chunk / W`` rows, or two of ``chunk / 2`` with prefetch).
         precision: ``float64`` (default; the in-memory result) or ``float32`` (chunk products in
             float32, sums in float64, ≈ 2× faster; see the error bound in :mod:`sjalign.align.moments`).
         groups: (n,) int group of each pair (e.g. cross-validation fold) and ``n_groups``: one
             set of moments per group, from the same single pass.
-        prefetch: read the next chunk in a background thread while BLAS works on this one
-            (two buffer pairs of ``chunk / 2`` rows, so the same memory); reading, shifting and
-            converting the rows then costs no wall time when BLAS leaves a core free.
-        progress: called with the number of pairs done after each chunk.
+        workers: computing threads; default :func:`blas_threads` (what BLAS itself would use, e.g.
+            ``OMP_NUM_THREADS``). Each holds one piece's d_a² + d_a·d_b products besides the moments.
+        prefetch: with one worker, read the next piece in a background thread.
+        progress: called with the number of pairs done after each piece (in order).
 
     Returns:
-        ``n_groups`` Moments sharing one shift (the first chunk's mean), so they add and subtract.
+        ``n_groups`` Moments sharing one shift (the first piece's mean), so they add and subtract.
 
     Raises:
         SjalignError: a NaN/Inf row in either set (the file is named), or float32 overflow.
         ShapeError: row numbers that are not two integer arrays of one length.
     """
+    from threadpoolctl import threadpool_limits
+
     if precision not in PRECISIONS:
         raise SjalignError(f"--precision '{precision}': use float32 or float64")
     dtype = np.dtype(precision)
@@ -122,22 +142,27 @@ def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.
         raise ShapeError(f"row numbers must be two (n,) integer arrays, got {rows_a.dtype}{rows_a.shape} "
                          f"and {rows_b.dtype}{rows_b.shape}")
     n = len(rows_a)
+    if n == 0:
+        raise SjalignError("no training pairs to accumulate")
     # walk the A files front to back; rows already in file order (the usual case) need no permutation
     order = None if np.all(rows_a[1:] > rows_a[:-1]) else np.argsort(rows_a, kind="stable")
     chunk = max(1, min(int(chunk), n))
-    slots = 2 if prefetch and n > chunk else 1
-    chunk = -(-chunk // slots)  # two buffer pairs of half a chunk: the memory of one chunk
-    bufs = [(np.empty((chunk, a.dim), dtype), np.empty((chunk, b.dim), dtype)) for _ in range(slots)]
-    shift: list[np.ndarray | None] = [None, None]  # the pilot shift, set from the first chunk
+    n_workers = max(1, blas_threads() if workers is None else int(workers))
+    slots = 2 if n_workers == 1 and prefetch else 1
+    piece = max(1, -(-chunk // (n_workers * slots)))  # the buffers together hold one chunk
+    n_pieces = -(-n // piece)
+    n_workers = min(n_workers, max(1, n_pieces - 1))
+    bufs = [[(np.empty((piece, a.dim), dtype), np.empty((piece, b.dim), dtype)) for _ in range(slots)]
+            for _ in range(n_workers)]
+    shift: list[np.ndarray | None] = [None, None]  # the pilot shift, set from the first piece
 
-    def read(start: int) -> tuple[slice | np.ndarray, np.ndarray, np.ndarray]:
-        """Rows of pairs start:start + chunk (in A-file order) into buffer slot (start / chunk) mod slots."""
-        sel = slice(start, start + chunk) if order is None else order[start:start + chunk]
+    def read(i: int, buf: tuple[np.ndarray, np.ndarray]):
+        """Rows of piece i (pairs i·piece … in A-file order) into ``buf``, minus the shift."""
+        sel = slice(i * piece, (i + 1) * piece) if order is None else order[i * piece:(i + 1) * piece]
         ra, rb = rows_a[sel], rows_b[sel]
-        k = len(ra)
-        ua, vb = (buf[:k] for buf in bufs[(start // chunk) % slots])
+        ua, vb = buf[0][:len(ra)], buf[1][:len(ra)]
         a.read_into(ra, ua, shift[0])
-        if k == 1 or np.all(rb[1:] > rb[:-1]):
+        if len(rb) == 1 or np.all(rb[1:] > rb[:-1]):
             b.read_into(rb, vb, shift[1])
         else:  # the B files hold these states in another order: gather them sorted, then place them
             perm = np.argsort(rb)
@@ -146,35 +171,71 @@ def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.
             vb[perm] = tmp
         return sel, ua, vb
 
-    moms: list[Moments] | None = None
-    pool = ThreadPoolExecutor(1, thread_name_prefix="sjalign-read") if slots == 2 else None
-    try:
+    def sums(sel, ua: np.ndarray, vb: np.ndarray) -> list[tuple[int, ChunkSums]]:
+        if groups is None:
+            return [(0, chunk_sums(ua, vb))]
+        g = groups[sel]
+        return [(j, chunk_sums(ua[g == j], vb[g == j])) for j in range(n_groups) if (g == j).any()]
+
+    # piece 0 in this thread: it sets the shift (its mean; exact for a constant feature)
+    sel, ua, vb = read(0, bufs[0][0])
+    shift[0] = ua.mean(0, dtype=np.float64).astype(dtype)
+    shift[1] = vb.mean(0, dtype=np.float64).astype(dtype)
+    ua -= shift[0]
+    vb -= shift[1]
+    moms = [Moments.zeros(a.dim, b.dim, shift_x=shift[0], shift_y=shift[1]) for _ in range(n_groups)]
+    for j, part in sums(sel, ua, vb):
+        moms[j].add_sums(part)
+    if progress is not None:
+        progress(min(piece, n))
+
+    turn = threading.Condition()
+    state = {"next": 1, "error": None}  # the next piece to add; the first exception of any thread
+
+    def add_in_order(i: int, parts: list[tuple[int, ChunkSums]]) -> bool:
+        with turn:
+            turn.wait_for(lambda: state["next"] == i or state["error"] is not None)
+            if state["error"] is not None:
+                return False
+            for j, part in parts:
+                moms[j].add_sums(part)
+            state["next"] = i + 1
+            turn.notify_all()
+        if progress is not None:
+            progress(min((i + 1) * piece, n))
+        return True
+
+    def work(w: int) -> None:
+        mine = range(1 + w, n_pieces, n_workers)
+        reader = ThreadPoolExecutor(1, thread_name_prefix="sjalign-read") if slots == 2 and len(mine) > 1 else None
         pending = None
-        for start in range(0, n, chunk):
-            sel, ua, vb = read(start) if pending is None else pending.result()
-            if moms is None:  # pilot shift: the first chunk's mean (exact for a constant feature)
-                shift[0] = ua.mean(0, dtype=np.float64).astype(dtype)
-                shift[1] = vb.mean(0, dtype=np.float64).astype(dtype)
-                ua -= shift[0]
-                vb -= shift[1]
-                moms = [Moments.zeros(a.dim, b.dim, shift_x=shift[0], shift_y=shift[1]) for _ in range(n_groups)]
-            # the next chunk goes to the other buffer slot while this one is accumulated
-            pending = pool.submit(read, start + chunk) if pool is not None and start + chunk < n else None
-            if groups is None:
-                moms[0].add_centred(ua, vb)
-            else:
-                g = groups[sel]
-                for j in range(n_groups):
-                    mask = g == j
-                    if mask.any():
-                        moms[j].add_centred(ua[mask], vb[mask])
-            if progress is not None:
-                progress(min(start + chunk, n))
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-    if moms is None:
-        raise SjalignError("no training pairs to accumulate")
+        try:
+            for k, i in enumerate(mine):
+                got = pending.result() if pending is not None else read(i, bufs[w][k % slots])
+                pending = reader.submit(read, i + n_workers, bufs[w][(k + 1) % slots]) \
+                    if reader is not None and k + 1 < len(mine) else None
+                if not add_in_order(i, sums(*got)):
+                    return
+        except BaseException as exc:  # noqa: BLE001  (handed to the caller below)
+            with turn:
+                state["error"] = state["error"] or exc
+                turn.notify_all()
+        finally:
+            if reader is not None:
+                reader.shutdown(wait=True, cancel_futures=True)
+
+    if n_workers == 1:
+        work(0)
+    else:
+        with threadpool_limits(1, user_api="blas"):  # W single-threaded BLAS calls at once
+            threads = [threading.Thread(target=work, args=(w,), name=f"sjalign-moments-{w}", daemon=True)
+                       for w in range(n_workers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    if state["error"] is not None:
+        raise state["error"]
     total = moms[0] if n_groups == 1 else sum(moms[1:], moms[0])
     if not total.all_finite():
         a.check_finite()
