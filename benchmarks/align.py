@@ -142,7 +142,7 @@ def worker(kind: str, args: dict) -> dict:
     import numpy as np
     import torch  # noqa: F401  (imported before the memory baseline, as in a running program)
 
-    from sjalign.align.streaming import fit_map_streaming, pair_rows
+    from sjalign.align.streaming import blas_threads, fit_map_streaming, pair_rows
     from sjalign.lazy_io import open_latents_set
     from sjalign.metrics import nos_at_k
 
@@ -170,6 +170,7 @@ def worker(kind: str, args: dict) -> dict:
                                      chunk=args["chunk_rows"], precision=precision)
             out["amap"] = amap
             out["chunk_bytes"] = args["chunk_rows"] * (a.dim + b.dim) * np.dtype(precision).itemsize
+            out["moment_threads"] = blas_threads()  # threads of stream_moments, each with one part's products
     elif kind.startswith("cli"):  # the whole command in-process: finiteness scan, hashes, split, fit, write
         from sjalign.cli.app import app
 
@@ -332,6 +333,7 @@ def bench_fit(opts) -> dict:
             r = runs[f"fit_{prec}"][0]
             summary[f"map_rel_error_{prec}"] = r["map_rel_error"]
             summary[f"memory_bound_mib_{prec}"] = (3 * d * d * 8 + r["chunk_bytes"]) / 2**20
+            summary["moment_threads"] = r["moment_threads"]
         return summary
     finally:
         if not opts.keep:
@@ -401,6 +403,7 @@ def main() -> None:
               f"with mapped file pages {r['peak_extra_mib']['fit_float32']:.0f} / {r['peak_extra_mib']['fit_float64']:.0f} "
               f"MiB; baseline {r['peak_extra_mib']['baseline_torch_mmap']:.0f} MiB; "
               f"planted map recovered to {r['map_rel_error_float32']:.1e} / {r['map_rel_error_float64']:.1e}; "
+              f"{r['moment_threads']} moment thread(s); "
               f"load average {r['load_average'][0]:.1f}")
     if opts.what in ("nos", "all"):
         o = argparse.Namespace(**{**vars(opts), "n": opts.n or 100_000, "d": opts.d or 384, "reps": opts.reps or 2})

@@ -284,7 +284,8 @@ def test_streaming_holds_one_chunk(sharded, monkeypatch, groups):
     folds = np.arange(len(paired.state_ids)) % 3 if groups else None
     sizes = []
     real = streaming.chunk_sums
-    monkeypatch.setattr(streaming, "chunk_sums", lambda u, v: (sizes.append((u.shape, v.shape)), real(u, v))[1])
+    monkeypatch.setattr(streaming, "chunk_sums",
+                        lambda u, v, out=None: (sizes.append((u.shape, v.shape)), real(u, v, out))[1])
     moms = {}
     # (workers, prefetch) -> rows per piece: one chunk of 50 rows split over the buffers
     for (workers, prefetch), rows in {(1, False): 50, (1, True): 25, (2, True): 25, (3, False): 17}.items():

@@ -22,6 +22,7 @@ give float64 results at ≈ 2× the time.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -229,16 +230,26 @@ class ChunkSums:
     sum_yy_diag: np.ndarray
 
 
-def chunk_sums(u: np.ndarray, v: np.ndarray) -> ChunkSums:
+def chunk_sums(u: np.ndarray, v: np.ndarray, out: ChunkSums | None = None) -> ChunkSums:
     """Σu (d_a,), Σv (d_b,), uᵀu (d_a, d_a), uᵀv (d_a, d_b) and Σv² (d_b,) of one chunk of shifted rows.
 
     The expensive, O(m·d²) step of :meth:`Moments.add_centred`, kept apart so that several
     threads can compute chunks' sums at once and add them (:meth:`Moments.add_sums`) in order.
     Products run in the dtype of ``u`` and ``v`` (m, ·); numpy calls BLAS syrk for ``u.T @ u``.
+    ``out``: arrays of that dtype to write into (a previous result reused, so a streaming loop
+    allocates nothing per chunk).
     """
+    if out is None:
+        out = ChunkSums(0, np.empty(u.shape[1], u.dtype), np.empty(v.shape[1], v.dtype),
+                        np.empty((u.shape[1], u.shape[1]), u.dtype), np.empty((u.shape[1], v.shape[1]), u.dtype),
+                        np.empty(v.shape[1], v.dtype))
     ones = np.ones(len(u), dtype=u.dtype)
-    return ChunkSums(len(u), ones @ u, ones.astype(v.dtype, copy=False) @ v,  # column sums by BLAS gemv
-                     u.T @ u, u.T @ v, np.einsum("ij,ij->j", v, v))
+    np.matmul(ones, u, out=out.sum_x)  # column sums by BLAS gemv
+    np.matmul(ones.astype(v.dtype, copy=False), v, out=out.sum_y)
+    np.matmul(u.T, u, out=out.sum_xx)  # syrk
+    np.matmul(u.T, v, out=out.sum_xy)
+    np.einsum("ij,ij->j", v, v, out=out.sum_yy_diag)
+    return dataclasses.replace(out, n=len(u))
 
 
 def accumulate(x: np.ndarray, y: np.ndarray, *, chunk: int = 65536) -> Moments:

@@ -10,14 +10,17 @@ state ids, one chunk of rows per side and the moments:
 3. :func:`stream_moments`: for chunks of train pairs in the A files' row order, read the A
    rows (one contiguous slice when they are consecutive, as ``embed`` writes them) and the
    paired B rows (a slice when both files share the row order, else a sorted gather), shift
-   them by a pilot mean, and add uᵀu (syrk), uᵀv (gemm) and the sums to float64 moments;
+   them by a pilot mean, and add uᵀu (syrk), uᵀv (gemm) and the sums to float64 moments —
+   on W threads, each with its own part of the chunk and single-threaded BLAS, the parts'
+   sums added in file order;
 4. solve for W from the moments (:func:`sjalign.align.map_from_moments`); ``lam="auto"``
    keeps one set of moments per cross-validation fold in the same single pass and scores
    every λ from the moments alone (:meth:`Moments.heldout_sse`), the same folds and scores
    as :func:`sjalign.align.choose_lambda`.
 
-Memory: 2 chunks of rows (``chunk`` × (d_a + d_b) floats) + the float64 moments
-(d_a² + d_a·d_b, times the number of folds with ``lam="auto"``) + the ids.
+Memory: one chunk of rows (``chunk`` × (d_a + d_b) floats, split between the threads) + the
+float64 moments (d_a² + d_a·d_b, times the number of folds with ``lam="auto"``) + one part's
+products per thread (d_a² + d_a·d_b in the chunk precision) + the state ids and int32 row numbers.
 """
 
 from __future__ import annotations
@@ -171,9 +174,9 @@ def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.
             vb[perm] = tmp
         return sel, ua, vb
 
-    def sums(sel, ua: np.ndarray, vb: np.ndarray) -> list[tuple[int, ChunkSums]]:
+    def sums(sel, ua: np.ndarray, vb: np.ndarray, out: ChunkSums | None = None) -> list[tuple[int, ChunkSums]]:
         if groups is None:
-            return [(0, chunk_sums(ua, vb))]
+            return [(0, chunk_sums(ua, vb, out))]
         g = groups[sel]
         return [(j, chunk_sums(ua[g == j], vb[g == j])) for j in range(n_groups) if (g == j).any()]
 
@@ -208,13 +211,15 @@ def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.
     def work(w: int) -> None:
         mine = range(1 + w, n_pieces, n_workers)
         reader = ThreadPoolExecutor(1, thread_name_prefix="sjalign-read") if slots == 2 and len(mine) > 1 else None
-        pending = None
+        pending, products = None, None  # this thread's product arrays, reused for every piece
         try:
             for k, i in enumerate(mine):
                 got = pending.result() if pending is not None else read(i, bufs[w][k % slots])
                 pending = reader.submit(read, i + n_workers, bufs[w][(k + 1) % slots]) \
                     if reader is not None and k + 1 < len(mine) else None
-                if not add_in_order(i, sums(*got)):
+                parts = sums(*got, products)
+                products = parts[0][1] if groups is None else None
+                if not add_in_order(i, parts):
                     return
         except BaseException as exc:  # noqa: BLE001  (handed to the caller below)
             with turn:

@@ -20,7 +20,8 @@ PrecisionOpt = Annotated[str, typer.Option(
 FitMethodOpt = Annotated[str, typer.Option(
     "--method", help="ridge (default), lstsq (λ = 0, pseudoinverse; ridge with a warning when n_train < d_a) "
                      "or procrustes.")]
-ChunkOpt = Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows read per chunk and side (memory: 2 chunks).")]
+ChunkOpt = Annotated[int, typer.Option("--chunk-rows", min=1,
+                                       help="Rows in flight per side (memory: one chunk of rows per side).")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +81,8 @@ def fit_map_command(
 ) -> None:
     """Fit W with z_b ≈ W z_a on the train split (by state id) and write a map file.
 
-    The latents are streamed from the files chunk by chunk (memory: two chunks of rows plus
-    O(d²) moments), so A and B may be larger than memory. A side given as several files is one
+    The latents are streamed from the files chunk by chunk (memory: one chunk of rows per side
+    plus O(d²) moments), so A and B may be larger than memory. A side given as several files is one
     latent set in shards (e.g. written by several machines): their rows are concatenated, their
     state ids must be disjoint, and the map records every file's SHA-256.
 
