@@ -189,6 +189,7 @@ def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.
     moms = [Moments.zeros(a.dim, b.dim, shift_x=shift[0], shift_y=shift[1]) for _ in range(n_groups)]
     for j, part in sums(sel, ua, vb):
         moms[j].add_sums(part)
+    del part  # its product arrays: the threads below hold their own
     if progress is not None:
         progress(min(piece, n))
 
@@ -202,10 +203,10 @@ def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.
                 return False
             for j, part in parts:
                 moms[j].add_sums(part)
+            if progress is not None:  # in order, like the sums
+                progress(min((i + 1) * piece, n))
             state["next"] = i + 1
             turn.notify_all()
-        if progress is not None:
-            progress(min((i + 1) * piece, n))
         return True
 
     def work(w: int) -> None:
