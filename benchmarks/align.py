@@ -5,6 +5,7 @@ Run by hand, not a test (each part writes one summary line; --json prints one JS
     python benchmarks/align.py fit [--n 1000000] [--d 768] [--reps 3] [--dir /tmp] [--keep DIR]
     python benchmarks/align.py nos [--n 100000] [--d 384] [--k 10] [--reps 2]
     python benchmarks/align.py all --json
+    python benchmarks/align.py memory --keep DIR [--threads 1]   # allocation peaks over fit --keep's files
 
 Every measurement runs in a fresh subprocess (so peak memory does not mix) and the
 repetitions are interleaved (baseline, sjalign, baseline, sjalign, ...); the summary gives the
@@ -340,6 +341,40 @@ def bench_fit(opts) -> dict:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def bench_memory(opts) -> dict:
+    """Peak numpy allocation (tracemalloc) of the streamed pass and of the solve, over files kept by ``fit --keep``."""
+    import tracemalloc
+
+    import numpy as np
+    import torch  # noqa: F401  (imported before tracing starts, as in a running program)
+
+    from sjalign.align.maps import map_from_moments
+    from sjalign.align.streaming import blas_threads, pair_rows, stream_moments
+    from sjalign.lazy_io import open_latents_set
+
+    folder = Path(opts.keep or "")
+    if not (folder / "a.safetensors").exists():
+        raise SystemExit("memory: give --keep DIR with the files of an earlier `fit --keep DIR` run")
+    tracemalloc.start()
+    a, b = open_latents_set([folder / "a.safetensors"]), open_latents_set([folder / "b.safetensors"])
+    paired = pair_rows(a, b)
+    ids_mib = tracemalloc.get_traced_memory()[0] / 2**20
+    out = {"n": a.n, "d": a.dim, "chunk_rows": opts.chunk_rows, "moment_threads": blas_threads(),
+           "ids_and_rows_mib": ids_mib}
+    for prec in ("float32", "float64"):
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        moms = stream_moments(a, b, paired.rows_a, paired.rows_b, chunk=opts.chunk_rows, precision=prec)
+        out[f"stream_peak_mib_{prec}"] = (tracemalloc.get_traced_memory()[1] - base) / 2**20
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        map_from_moments(moms[0].standardised(), paired.state_ids, method="ridge", lam=1e-3)
+        out[f"solve_peak_mib_{prec}"] = (tracemalloc.get_traced_memory()[1] - base) / 2**20
+        out[f"bound_mib_{prec}"] = (3 * a.dim**2 * 8 + opts.chunk_rows * 2 * a.dim * np.dtype(prec).itemsize) / 2**20
+        del moms
+    return out
+
+
 def bench_nos(opts) -> dict:
     args = {"n": opts.n, "d": opts.d, "k": opts.k, "threads": opts.threads}
     runs: dict[str, list[dict]] = {"nos_sklearn": [], "nos_sjalign": []}
@@ -369,7 +404,7 @@ def main() -> None:
         print(json.dumps(worker(sys.argv[2], json.loads(sys.argv[3]))))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["fit", "nos", "all"])
+    ap.add_argument("what", choices=["fit", "nos", "memory", "all"])
     ap.add_argument("--n", type=int, default=None, help="rows (default 1,000,000 for fit, 100,000 for nos)")
     ap.add_argument("--d", type=int, default=None, help="dimension (default 768 for fit, 384 for nos)")
     ap.add_argument("--k", type=int, default=10)
@@ -416,6 +451,16 @@ def main() -> None:
               f"target <= 1024); NOS@{r['k']} {r['nos']['sjalign']:.6f} vs {r['nos']['sklearn']:.6f}, "
               f"identical neighbour sets in {r['subsample_rows_with_identical_sets']} sampled rows; "
               f"load average {r['load_average'][0]:.1f}")
+    if opts.what == "memory":
+        if opts.threads:  # before numpy loads its BLAS (this process measures, no subprocess)
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ[var] = str(opts.threads)
+        r = result["memory"] = bench_memory(opts)
+        say(f"memory n={r['n']} d={r['d']} chunk={r['chunk_rows']} threads={r['moment_threads']}: ids and row numbers "
+            f"{r['ids_and_rows_mib']:.1f} MiB; streamed pass peak {r['stream_peak_mib_float32']:.1f} MiB float32 / "
+            f"{r['stream_peak_mib_float64']:.1f} MiB float64 (bound 3·d² float64 + one chunk: "
+            f"{r['bound_mib_float32']:.1f} / {r['bound_mib_float64']:.1f}); solve peak "
+            f"{r['solve_peak_mib_float32']:.1f} MiB")
     if opts.json:
         print(json.dumps(result, indent=2))
 
