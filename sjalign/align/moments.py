@@ -22,7 +22,6 @@ give float64 results at ≈ 2× the time.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,8 +97,8 @@ class Moments:
                              f"{len(self.sum_x)}, {len(self.sum_y)}")
         return self.add_sums(chunk_sums(u, v)) if len(u) else self
 
-    def add_sums(self, sums: "ChunkSums") -> "Moments":
-        """Add one chunk's sums (from :func:`chunk_sums`, same shift) in place; the cheap, O(d²) step."""
+    def add_sums(self, sums: "Moments") -> "Moments":
+        """Add another chunk's sums in place, taken with the same shift (:func:`chunk_sums`); O(d²)."""
         self.n += sums.n
         self.sum_x += sums.sum_x
         self.sum_y += sums.sum_y
@@ -218,38 +217,27 @@ class Standardised:
     constant_b: np.ndarray
 
 
-@dataclass(frozen=True)
-class ChunkSums:
-    """One chunk's sums of shifted rows, in the chunk's dtype (see :func:`chunk_sums`)."""
+def chunk_sums(u: np.ndarray, v: np.ndarray, out: Moments | None = None) -> Moments:
+    """One chunk's sums of shifted rows u (m, d_a), v (m, d_b), as Moments in the chunk's dtype.
 
-    n: int
-    sum_x: np.ndarray
-    sum_y: np.ndarray
-    sum_xx: np.ndarray
-    sum_xy: np.ndarray
-    sum_yy_diag: np.ndarray
-
-
-def chunk_sums(u: np.ndarray, v: np.ndarray, out: ChunkSums | None = None) -> ChunkSums:
-    """Σu (d_a,), Σv (d_b,), uᵀu (d_a, d_a), uᵀv (d_a, d_b) and Σv² (d_b,) of one chunk of shifted rows.
-
-    The expensive, O(m·d²) step of :meth:`Moments.add_centred`, kept apart so that several
-    threads can compute chunks' sums at once and add them (:meth:`Moments.add_sums`) in order.
-    Products run in the dtype of ``u`` and ``v`` (m, ·); numpy calls BLAS syrk for ``u.T @ u``.
-    ``out``: arrays of that dtype to write into (a previous result reused, so a streaming loop
-    allocates nothing per chunk).
+    Σu (d_a,), Σv (d_b,), uᵀu (d_a, d_a), uᵀv (d_a, d_b) and Σv² (d_b,): the expensive, O(m·d²)
+    step of :meth:`Moments.add_centred`, kept apart so that several threads can compute chunks'
+    sums at once and add them (:meth:`Moments.add_sums`) in order. Products run in the dtype of
+    ``u`` and ``v``; numpy calls BLAS syrk for ``u.T @ u``. ``out``: an earlier result of the same
+    shapes and dtype to write into, so a streaming loop allocates nothing per chunk.
     """
     if out is None:
-        out = ChunkSums(0, np.empty(u.shape[1], u.dtype), np.empty(v.shape[1], v.dtype),
-                        np.empty((u.shape[1], u.shape[1]), u.dtype), np.empty((u.shape[1], v.shape[1]), u.dtype),
-                        np.empty(v.shape[1], v.dtype))
+        out = Moments(0, np.empty(u.shape[1], u.dtype), np.empty(v.shape[1], v.dtype),
+                      np.empty((u.shape[1], u.shape[1]), u.dtype), np.empty((u.shape[1], v.shape[1]), u.dtype),
+                      np.empty(v.shape[1], v.dtype))
     ones = np.ones(len(u), dtype=u.dtype)
     np.matmul(ones, u, out=out.sum_x)  # column sums by BLAS gemv
     np.matmul(ones.astype(v.dtype, copy=False), v, out=out.sum_y)
     np.matmul(u.T, u, out=out.sum_xx)  # syrk
     np.matmul(u.T, v, out=out.sum_xy)
     np.einsum("ij,ij->j", v, v, out=out.sum_yy_diag)
-    return dataclasses.replace(out, n=len(u))
+    out.n = len(u)
+    return out
 
 
 def accumulate(x: np.ndarray, y: np.ndarray, *, chunk: int = 65536) -> Moments:

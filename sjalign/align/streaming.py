@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from sjalign.align.maps import DEFAULT_LAMBDA, LAMBDA_GRID, AlignmentMap, map_from_moments, solve_ridge
-from sjalign.align.moments import ChunkSums, Moments, chunk_sums
+from sjalign.align.moments import Moments, chunk_sums
 from sjalign.errors import ShapeError, SjalignError
 from sjalign.lazy_io import DEFAULT_CHUNK_ROWS, LatentsSet
 
@@ -174,7 +174,7 @@ def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.
             vb[perm] = tmp
         return sel, ua, vb
 
-    def sums(sel, ua: np.ndarray, vb: np.ndarray, out: ChunkSums | None = None) -> list[tuple[int, ChunkSums]]:
+    def sums(sel, ua: np.ndarray, vb: np.ndarray, out: Moments | None = None) -> list[tuple[int, Moments]]:
         if groups is None:
             return [(0, chunk_sums(ua, vb, out))]
         g = groups[sel]
@@ -196,7 +196,7 @@ def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.
     turn = threading.Condition()
     state = {"next": 1, "error": None}  # the next piece to add; the first exception of any thread
 
-    def add_in_order(i: int, parts: list[tuple[int, ChunkSums]]) -> bool:
+    def add_in_order(i: int, parts: list[tuple[int, Moments]]) -> bool:
         with turn:
             turn.wait_for(lambda: state["next"] == i or state["error"] is not None)
             if state["error"] is not None:
