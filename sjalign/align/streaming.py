@@ -25,9 +25,9 @@ products per thread (d_a² + d_a·d_b in the chunk precision) + the state ids an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
