@@ -117,6 +117,20 @@ def tensors_of(path: Path) -> dict:
         return {k: fh.get_tensor(k) for k in fh.keys()}
 
 
+def pretrain_first_epoch_only(cfg, images, run_dir: Path) -> None:
+    """Start ``pretrain(cfg, images, run_dir)`` and interrupt it right after epoch 1 is written."""
+    from sjalign.jepa import pretrain
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(record):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        pretrain(cfg, images, run_dir, on_epoch=stop)
+
+
 def single_error_line(res, *needles) -> str:
     """:func:`one_error_line` where the error is the only line on stderr."""
     return one_error_line(res, *needles, alone=True)

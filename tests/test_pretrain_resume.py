@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fashion_mnist_images, needs_fashion_mnist, single_error_line, tensors_of
+from conftest import (fashion_mnist_images, needs_fashion_mnist, pretrain_first_epoch_only, single_error_line,
+                      tensors_of)
 from sjalign.cli.app import app
 from sjalign.errors import SjalignError
 from sjalign.jepa import PretrainConfig, ViTConfig, pretrain, read_log
@@ -100,15 +101,7 @@ def test_train_state_is_the_commit_point(fmnist, tmp_path):
     images, run = fmnist[:64], tmp_path / "run"
     cfg = small_config(epochs=2, batch_size=16)
     full = pretrain(cfg, images, tmp_path / "full")
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(record):
-        raise Interrupt
-
-    with pytest.raises(Interrupt):
-        pretrain(cfg, images, run, on_epoch=stop)
+    pretrain_first_epoch_only(cfg, images, run)
     epoch1_ckpt = (run / ckpt.CHECKPOINT_FILE).read_bytes()
     pretrain(cfg, images, run, resume=True)
     # now as if killed after writing epoch 2's train state, before its checkpoint and log line
