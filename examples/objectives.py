@@ -39,6 +39,7 @@ def losses(run: Path) -> tuple[float | None, float | None]:
     """First and last epoch loss of a run's log.jsonl (None for an untrained control)."""
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()] \
         if (run / "log.jsonl").exists() else []
+    records = [r for r in records if "loss" in r]  # the epoch-0 record holds the evaluation only
     return (records[0]["loss"], records[-1]["loss"]) if records else (None, None)
 
 

@@ -36,7 +36,7 @@ from sjalign.jepa.objectives.losses import (
     vicreg_terms,
 )
 from sjalign.jepa.objectives.mae import random_masks
-from sjalign.jepa.objectives.simclr import augment, sample_aug_params
+from sjalign.jepa.objectives.augment import augment, sample_aug_params
 
 from conftest import fashion_mnist_images
 
@@ -395,7 +395,8 @@ def test_exported_encoder_of_each_objective():
 # --- config and command line ---------------------------------------------------------
 
 def test_config_fills_defaults_and_refuses_inapplicable_options():
-    assert tiny_config("lejepa").reg_weight == 0.05 and tiny_config("lpjepa").reg_weight == 10.0
+    assert tiny_config("lejepa").reg_weight == 0.02 and tiny_config("lpjepa").reg_weight == 10.0
+    assert tiny_config("lejepa").num_views == 4 and tiny_config("lpjepa").num_views == 2
     assert tiny_config("simclr").temperature == 0.5 and tiny_config("mae").mask_ratio == 0.75
     assert tiny_config("cjepa").vicreg_coeffs == (25.0, 25.0, 1.0) and tiny_config("cjepa").vicreg_weight == 0.001
     assert tiny_config("ijepa").temperature is None

@@ -81,6 +81,47 @@ def _resumed_options(run_dir: Path, objective: str, given: dict) -> dict:
     return {**{f: getattr(saved, f) for f in fields}, **given}
 
 
+def _eval_set(selection, eval_states: int | None):
+    """The fixed held-out selection the run is scored on (see :mod:`sjalign.jepa.monitor`), with its warnings."""
+    import warnings
+
+    import numpy as np
+
+    from sjalign.jepa.monitor import DEFAULT_EVAL_STATES, EvalSet, pick_eval_rows
+
+    train_rows, test_rows, available = pick_eval_rows(selection.is_test, len(selection),
+                                                      eval_states=eval_states or DEFAULT_EVAL_STATES)
+    if eval_states is not None and available < eval_states:
+        warnings.warn(f"--eval-states {eval_states}: the selection holds {available} held-out states; "
+                      f"evaluating on {available}", stacklevel=2)
+    if selection.labels is None:
+        warnings.warn(f"{selection.name}: no labels, so the online evaluation reports RankMe and the participation "
+                      f"ratio only (no kNN or probe accuracy)", stacklevel=2)
+    labels = None if selection.labels is None else np.asarray(selection.labels)
+    return EvalSet(selection.subset(train_rows).materialize(), selection.subset(test_rows).materialize(),
+                   None if labels is None else labels[train_rows], None if labels is None else labels[test_rows])
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def eval_line(figures: dict) -> str:
+    """'probe 0.812  kNN 0.790  RankMe 41.2  PR 9.8' (n/a for a dataset without labels)."""
+    return (f"probe {_fmt(figures['probe_acc'], '.3f')}  kNN {_fmt(figures['knn_acc'], '.3f')}  "
+            f"RankMe {figures['rankme']:.1f}  PR {figures['participation_ratio']:.1f}")
+
+
+def epoch_line(record: dict) -> str:
+    """One line per epoch: loss and its terms, speed, FLOPs, and the evaluation when there was one."""
+    if "loss" not in record:
+        return f"epoch 0 (random init): {eval_line(record['eval'])}"
+    terms = ", ".join(f"{k} {v:.4g}" for k, v in record.get("terms", {}).items() if len(record["terms"]) > 1)
+    line = (f"epoch {record['epoch']}: loss {record['loss']:.4f}{' (' + terms + ')' if terms else ''}, "
+            f"{record['img_per_s']:.0f} img/s, {record['flops']:.3g} training FLOPs, {record['seconds']:.1f} s")
+    return line + (f"; {eval_line(record['eval'])}" if "eval" in record else "")
+
+
 @cli_command
 def pretrain_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (checkpoint, train state, config.json, log.jsonl).", file_okay=False)],
@@ -89,6 +130,7 @@ def pretrain_command(
     objective: Annotated[str, typer.Option("--objective", help="Training objective: ijepa, lejepa, cjepa, lpjepa, mae, simclr or ae.")] = "ijepa",
     reg_weight: Annotated[float | None, typer.Option("--reg-weight", help="lejepa, lpjepa: weight λ of SIGReg / RDMReg. [default: 0.05 / 10]")] = None,
     num_slices: Annotated[int | None, typer.Option("--num-slices", help="lejepa, lpjepa: random 1-D projections per step. [default: 256]")] = None,
+    num_views: Annotated[int | None, typer.Option("--num-views", help="lejepa: augmented views per image. [default: 4]")] = None,
     rgg_p: Annotated[float | None, typer.Option("--rgg-p", help="lpjepa: shape p of the rectified generalised Gaussian target (1 = rectified Laplace). [default: 1]")] = None,
     proj_dim: Annotated[int | None, typer.Option("--proj-dim", help="cjepa, lpjepa, simclr: projection head width. [default: 256]")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature", help="simclr: NT-Xent temperature τ. [default: 0.5]")] = None,
@@ -109,6 +151,8 @@ def pretrain_command(
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 (autocast, CUDA only).")] = "fp32",
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the modules (CUDA; no gain on CPU).")] = False,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Score the exported encoder on held-out states (kNN and linear-probe accuracy, RankMe, participation ratio) before the first step, every E epochs and after the last; 0 = off.")] = 1,
+    eval_states: Annotated[int | None, typer.Option("--eval-states", help="Held-out states scored (from the selection's test split; the probe and kNN fit on up to 5,000 of its train states). [default: 2000, or all there are]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its last epoch.")] = False,
     data_dir: DataDirOpt = None,
     force: ForceOpt = False,
@@ -133,7 +177,8 @@ def pretrain_command(
     from sjalign.data.lazy import IN_MEMORY_BYTES
     from sjalign.data.selection import Subset, parse_classes
     from sjalign.errors import SjalignError
-    from sjalign.jepa import PretrainConfig, pretrain
+    from sjalign.jepa import PretrainConfig, pretrain, read_log
+    from sjalign.report.curves import write_curves
 
     if resume and force:
         raise SjalignError("--resume and --force contradict each other (continue a run, or start it afresh)")
@@ -144,31 +189,37 @@ def pretrain_command(
     if not resume and not force and output.is_dir() and any(output.iterdir()):
         raise SjalignError(f"{output}: run folder already holds files (use --resume to continue or --force to restart)")
     given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
-    given |= _objective_options(objective, reg_weight=reg_weight, num_slices=num_slices, rgg_p=rgg_p, proj_dim=proj_dim,
+    given |= _objective_options(objective, reg_weight=reg_weight, num_slices=num_slices, num_views=num_views, rgg_p=rgg_p, proj_dim=proj_dim,
                                 temperature=temperature, mask_ratio=mask_ratio, vicreg_weight=vicreg_weight,
                                 vicreg_coeffs=vicreg_coeffs)
     if resume:
         given = _resumed_options(output, objective, given)
     if split not in ("train", "test", "all"):
         raise SjalignError(f"--split '{split}': use train, test or all")
+    if eval_every < 0:
+        raise SjalignError(f"--eval-every must be >= 0 (0 = no online evaluation), got {eval_every}")
+    if eval_states is not None and eval_states < 1:
+        raise SjalignError(f"--eval-states must be >= 1, got {eval_states}")
     # the same selection as `sjalign embed --max-states N --classes C`, then only its train (or test) states
-    ds = open_dataset(dataset, view=view, data_dir=data_dir, image_size=image_size, seed=seed,
-                      subset=Subset("all", parse_classes(classes), max_states))
-    keep = np.ones(len(ds), bool) if split == "all" else ds.is_test == (split == "test")
+    selection = open_dataset(dataset, view=view, data_dir=data_dir, image_size=image_size, seed=seed,
+                             subset=Subset("all", parse_classes(classes), max_states))
+    keep = np.ones(len(selection), bool) if split == "all" else selection.is_test == (split == "test")
     if not keep.any():
         raise SjalignError(f"no {split} states in the selection (--max-states {max_states}); nothing to train on")
-    ds = ds.subset(np.flatnonzero(keep))
+    ds = selection.subset(np.flatnonzero(keep))
     config = PretrainConfig(dataset=dataset, view=ds.view, objective=objective, model=model, max_states=max_states,
                             vit=_vit_for_data(model, ds.shape, patch_size), seed=seed, device=device,
                             precision=precision, compile=compile_model, num_workers=num_workers, **given)
     # a selection that fits IN_MEMORY_BYTES is rendered once; a larger one is read lazily every epoch
     images = ds.materialize(num_workers=num_workers) if ds.nbytes <= IN_MEMORY_BYTES else ds
     quiet = json_out or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
+    eval_set = None if eval_every == 0 or os.environ.get("RANK", "0") != "0" else _eval_set(selection, eval_states)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.0f} img/s  {task.fields[flops]:.3g} FLOP"),
+               TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.0f} img/s  {task.fields[flops]:.3g} FLOP"
+                          "{task.fields[eval]}"),
                TimeRemainingColumn())
     progress = Progress(*columns, console=console, disable=quiet)
-    task = progress.add_task("steps", total=None, loss=float("nan"), ips=0.0, flops=0.0)
+    task = progress.add_task("steps", total=None, loss=float("nan"), ips=0.0, flops=0.0, eval="")
 
     def on_start(run: dict) -> None:  # after the trainer's checks: a refused run prints only its error
         if not quiet:
@@ -182,15 +233,17 @@ def pretrain_command(
         progress.update(task, completed=step, total=total, loss=loss, ips=img_s)
 
     def on_epoch(record: dict) -> None:
+        if "eval" in record:
+            progress.update(task, eval="  " + eval_line(record["eval"]))
+            write_curves(output, read_log(output) if record["epoch"] else [record],
+                         title=f"{objective} {model} on {dataset} view {view}")
         progress.update(task, flops=float(record["flops"]))
         if not quiet:
-            progress.console.print(f"epoch {record['epoch']}: loss {record['loss']:.4f}, "
-                                   f"{record['img_per_s']:.0f} img/s, {record['flops']:.3g} training FLOPs, "
-                                   f"{record['seconds']:.1f} s")
+            progress.console.print(epoch_line(record))
 
     try:
-        summary = pretrain(config, images, output, resume=resume, overwrite=force, on_start=on_start,
-                           on_step=on_step, on_epoch=on_epoch)
+        summary = pretrain(config, images, output, resume=resume, overwrite=force, eval_set=eval_set,
+                           eval_every=max(eval_every, 1), on_start=on_start, on_step=on_step, on_epoch=on_epoch)
     finally:
         if progress.live.is_started:  # Progress.stop() prints a newline even when never started
             progress.stop()

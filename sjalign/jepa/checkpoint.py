@@ -43,6 +43,7 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 TRAIN_STATE_FILE = "train_state.safetensors"
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
+CURVES_FILE = "curves.png"  # drawn by the CLI from the log (sjalign.report.curves)
 
 
 def read_safetensors(path: str | os.PathLike, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -302,7 +303,7 @@ def checkpoint_epoch(run_dir: str | os.PathLike) -> int | None:
 def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
     """Delete the temp files (``.NAME.*.tmp``) a killed writer left beside the run's files."""
     removed = []
-    for name in (CHECKPOINT_FILE, TRAIN_STATE_FILE, CONFIG_FILE, LOG_FILE):
+    for name in (CHECKPOINT_FILE, TRAIN_STATE_FILE, CONFIG_FILE, LOG_FILE, CURVES_FILE):
         for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)

@@ -22,10 +22,11 @@ PRECISIONS = ("fp32", "bf16")
 # None is filled with the objective's default; a value given for an objective that does not
 # use it is an error (see :func:`inapplicable_options`).
 OBJECTIVE_OPTIONS: dict[str, dict[str, Any]] = {
-    "reg_weight": {"lejepa": 0.05, "lpjepa": 10.0},
+    "reg_weight": {"lejepa": 0.02, "lpjepa": 10.0},
     "num_slices": {"lejepa": 256, "lpjepa": 256},
+    "num_views": {"lejepa": 4, "lpjepa": 2},
     "rgg_p": {"lpjepa": 1.0},
-    "proj_dim": {"cjepa": 256, "lpjepa": 256, "simclr": 256},
+    "proj_dim": {"cjepa": 256, "lejepa": 16, "lpjepa": 512, "simclr": 256},
     "temperature": {"simclr": 0.5},
     "mask_ratio": {"mae": 0.75},
     "vicreg_weight": {"cjepa": 0.001},
@@ -135,6 +136,7 @@ class PretrainConfig:
     num_workers: int = 0
     reg_weight: float | None = None
     num_slices: int | None = None
+    num_views: int | None = None
     rgg_p: float | None = None
     proj_dim: int | None = None
     temperature: float | None = None
@@ -185,6 +187,8 @@ class PretrainConfig:
         for field in ("num_slices", "proj_dim"):
             if getattr(self, field) is not None and getattr(self, field) < 1:
                 problems.append(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.num_views is not None and self.num_views < 2:
+            problems.append(f"num_views must be >= 2 (the views predict their mean), got {self.num_views}")
         for field in ("rgg_p", "temperature"):
             if getattr(self, field) is not None and not 0 < getattr(self, field) < math.inf:
                 problems.append(f"{field} must be a finite number > 0, got {getattr(self, field)}")

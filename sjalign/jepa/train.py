@@ -42,6 +42,7 @@ from sjalign.jepa import checkpoint as ckpt
 from sjalign.jepa import distributed as ddp
 from sjalign.jepa.config import PretrainConfig
 from sjalign.jepa.flops import StepFlops, signature
+from sjalign.jepa.monitor import EvalSet, evaluate_encoder, non_finite
 from sjalign.jepa.objectives import build_objective
 
 StartCallback = Callable[[dict[str, Any]], None]
@@ -180,8 +181,9 @@ def _masks_to(masks: Any, device: torch.device) -> Any:
 
 
 def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, resume: bool = False,
-             overwrite: bool = False, on_start: StartCallback | None = None,
-             on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+             overwrite: bool = False, eval_set: EvalSet | None = None, eval_every: int = 1,
+             on_start: StartCallback | None = None, on_step: StepCallback | None = None,
+             on_epoch: EpochCallback | None = None) -> dict[str, Any]:
     """Train one encoder with ``config.objective`` and checkpoint it every epoch.
 
     Seeds torch's (and numpy's) global RNG with ``config.seed`` (model initialisation) and draws
@@ -203,6 +205,11 @@ def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, res
         resume: continue from ``out_dir``'s ``train_state.safetensors``.
         overwrite: start afresh (deleting its checkpoint, train state and log) even if
             ``out_dir`` already holds a run.
+        eval_set: held-out labelled states to score the exported encoder on (see
+            :mod:`sjalign.jepa.monitor`) before the first step (epoch 0), every ``eval_every``
+            epochs and after the last; None: no evaluation. The figures go into the epoch's
+            log record under ``"eval"``; evaluation never changes the weights.
+        eval_every: evaluate every this many epochs (>= 1).
         on_start: called once every check has passed, before the first step, with
             ``{"device", "world_size", "n", "steps_per_epoch", "total_steps", "start_epoch",
             "resumed"}`` (so a caller prints nothing for a refused run).
@@ -210,20 +217,28 @@ def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, res
             (step, total_steps, loss, img_per_s); step counts from 1; the loss is rank 0's,
             img/s counts all ranks.
         on_epoch: called after each epoch's checkpoint with the epoch's log record
-            ``{"epoch", "loss", "img_per_s", "flops", "seconds", "lr", "momentum", "step"}``;
+            ``{"epoch", "loss", "terms", "img_per_s", "flops", "seconds", "lr", "momentum", "step"}``
+            (plus ``"eval"`` when the epoch was evaluated; ``terms``: each loss term's epoch
+            mean, e.g. ``{"pred": .., "sigreg": ..}``), and once with the epoch-0 record
+            ``{"epoch": 0, "step": 0, "flops": 0, "eval"}`` before the first step;
             ``flops`` is the cumulative training FLOPs of all ranks (forward + backward, with
             ``torch.utils.flop_counter``'s formulas; see :mod:`sjalign.jepa.flops`).
 
     Returns:
         Summary ``{"out_dir", "checkpoint", "epochs", "steps", "loss", "first_loss",
         "seconds", "img_per_s", "flops", "device", "world_size", "num_params",
-        "resumed_from", "version"}``.
+        "resumed_from", "version", "eval"}``; ``eval`` lists ``{"epoch", "flops", **figures}``
+        for every evaluated epoch (epoch 0 first), empty without ``eval_set``.
 
     Raises:
         SjalignError: empty dataset, images that do not fit the architecture, unknown
             objective, an existing run without ``resume``/``overwrite``, a run that cannot be
-            resumed with this config, or a global batch not divisible by the world size.
+            resumed with this config, a global batch not divisible by the world size,
+            ``eval_every`` < 1, or a loss term or evaluation figure that is NaN or infinite
+            (the run stops before that epoch is saved: the last good checkpoint stays).
     """
+    if eval_every < 1:
+        raise SjalignError(f"pretrain: eval_every must be >= 1, got {eval_every} (pass eval_set=None for no evaluation)")
     out_dir = Path(out_dir)
     vit = config.vit
     feed = _Feed(images, (vit.in_chans, vit.img_size, vit.img_size), config.model)
@@ -243,14 +258,16 @@ def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, res
 
     info, device = ddp.setup(device)
     try:
-        return _train(config, feed, out_dir, state, info, device, on_start, on_step, on_epoch)
+        return _train(config, feed, out_dir, state, info, device, on_start, on_step, on_epoch,
+                      eval_set if info.is_main else None, eval_every)
     finally:
         ddp.teardown(info)
 
 
 def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.TrainState | None,
            info: ddp.DistInfo, device: torch.device, on_start: StartCallback | None,
-           on_step: StepCallback | None, on_epoch: EpochCallback | None) -> dict[str, Any]:
+           on_step: StepCallback | None, on_epoch: EpochCallback | None, eval_set: EvalSet | None,
+           eval_every: int) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)  # saved and restored with the train state; nothing here draws from it
     model = build_objective(config).to(device)
@@ -282,7 +299,7 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
             ckpt.write_log(out_dir, log)
     elif info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in (ckpt.CHECKPOINT_FILE, ckpt.TRAIN_STATE_FILE, ckpt.LOG_FILE):
+        for name in (ckpt.CHECKPOINT_FILE, ckpt.TRAIN_STATE_FILE, ckpt.LOG_FILE, ckpt.CURVES_FILE):
             (out_dir / name).unlink(missing_ok=True)  # a fresh run leaves nothing of an old one
     if info.is_main:
         ckpt.write_config_json(out_dir, config)
@@ -303,8 +320,15 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
         on_start({"device": str(device), "world_size": info.world_size, "n": n, "steps_per_epoch": steps_per_epoch,
                   "total_steps": total_steps, "start_epoch": start_epoch, "resumed": state is not None})
 
+    if eval_set is not None and state is None:  # epoch 0: the run's own random-init baseline
+        record = {"epoch": 0, "step": 0, "flops": 0, "eval": evaluate_encoder(model.export_encoder(), eval_set, device)}
+        _stop_on_non_finite(out_dir, record, last_good=None)
+        log.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+
     for epoch in range(start_epoch, config.epochs):
-        t_epoch, loss_sum = time.perf_counter(), torch.zeros((), device=device)
+        t_epoch, loss_sum, term_sums = time.perf_counter(), torch.zeros((), device=device), {}
         order = torch.randperm(n, generator=generator)
         batches = [order[i * batch_size:(i + 1) * batch_size][rows] for i in range(steps_per_epoch)]
         for i, x in enumerate(feed.epoch(batches)):  # x: (b, C, H, W), this rank's rows
@@ -330,6 +354,8 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
             momentum = model.after_step(step, total_steps)
             step += 1
             loss_sum += loss.detach()
+            for name, value in model.last_terms.items():  # detached, on the device: no sync
+                term_sums[name] = term_sums.get(name, 0.0) + value.float()
             if on_step is not None and info.is_main:
                 img_s = (i + 1) * batch_size / max(time.perf_counter() - t_epoch, 1e-9)
                 on_step(step, total_steps, loss.item(), img_s)  # the only per-step sync, and only with a listener
@@ -339,7 +365,11 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
         seen_run += steps_per_epoch * batch_size
         record = {"epoch": epoch + 1, "loss": loss_mean, "lr": lr, "momentum": momentum, "step": step,
                   "seconds": round(seconds, 3), "img_per_s": round(steps_per_epoch * batch_size / max(seconds, 1e-9), 1),
-                  "flops": flops}
+                  "flops": flops,
+                  "terms": {k: ddp.all_mean(v, info).item() / steps_per_epoch for k, v in sorted(term_sums.items())}}
+        if eval_set is not None and (epoch + 1 == config.epochs or (epoch + 1) % eval_every == 0):
+            record["eval"] = evaluate_encoder(model.export_encoder(), eval_set, device)
+        _stop_on_non_finite(out_dir, record, last_good=epoch if epoch > 0 else None)
         log.append(record)
         if info.is_main:  # the train state first: it is the commit point
             ckpt.save_train_state(out_dir, model, optimizer, config=config, epoch=epoch + 1, step=step,
@@ -352,13 +382,32 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
 
     if config.epochs == 0 and info.is_main:  # the untrained control: same architecture and seed, no step taken
         ckpt.save_checkpoint(out_dir, model, config, epoch=0)
+        ckpt.write_log(out_dir, log)
     ddp.dump_rank_weights(model, info)
     seconds = time.perf_counter() - t_run
+    trained = [r for r in log if "loss" in r]  # the epoch-0 record has no loss
     return {
         "out_dir": str(out_dir), "checkpoint": str(out_dir / ckpt.CHECKPOINT_FILE), "epochs": config.epochs,
-        "steps": step, "loss": log[-1]["loss"] if log else None, "first_loss": log[0]["loss"] if log else None,
+        "steps": step, "loss": trained[-1]["loss"] if trained else None,
+        "first_loss": trained[0]["loss"] if trained else None,
         "seconds": round(seconds, 3), "img_per_s": round(seen_run / max(seconds, 1e-9), 1), "flops": flops,
         "device": str(device), "world_size": info.world_size, "num_params": num_params,
         "resumed_from": state.epoch if state is not None else None, "version": __version__,
+        "eval": [{"epoch": r["epoch"], "flops": r["flops"], **r["eval"]} for r in log if "eval" in r],
     }
+
+
+def _stop_on_non_finite(out_dir: Path, record: dict[str, Any], *, last_good: int | None) -> None:
+    """Stop the run, before the epoch is saved, when its loss, a loss term or an evaluation figure is NaN/inf.
+
+    Raises:
+        SjalignError: one line naming the epoch, the figure and what stays on disk.
+    """
+    bad = non_finite({"loss": record.get("loss")}) + [f"loss term '{k}'" for k in non_finite(record.get("terms", {}))]
+    bad += [f"evaluation figure '{k}'" for k in non_finite(record.get("eval") or {})]
+    if bad:
+        kept = (f"the checkpoint of epoch {last_good} stays in {out_dir}" if last_good is not None
+                else "no epoch was saved")
+        raise SjalignError(f"pretrain: epoch {record['epoch']}: {', '.join(bad)} is not finite (NaN or inf); "
+                           f"training stopped and {kept}")
 

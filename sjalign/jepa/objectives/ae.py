@@ -48,7 +48,6 @@ class AutoEncoder(Objective):
         self.encoder = VisionTransformer(vit)
         self.decoder = Predictor(vit.embed_dim, dec_dim, dec_depth, vit.num_heads, vit.grid_size, vit.mlp_ratio,
                                  out_dim=vit.patch_size ** 2 * vit.in_chans)
-        self.last_terms: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, config) -> "AutoEncoder":

@@ -103,7 +103,6 @@ class CJEPA(IJEPA):
         super().__init__(vit, pred_dim=pred_dim, pred_depth=pred_depth, ema=ema, masks=masks)
         self.vicreg_weight, self.vicreg_coeffs = vicreg_weight, tuple(vicreg_coeffs)
         self.vicreg_head = MLPHead(vit.embed_dim, proj_dim, proj_dim)
-        self.last_terms: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, config) -> "CJEPA":

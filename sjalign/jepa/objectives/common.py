@@ -1,5 +1,5 @@
-"""Pieces shared by several objectives: their base class, an MLP head, batch-first per-step
-tensors, and the no-EMA latent prediction of LeJEPA and Rectified LpJEPA.
+"""Pieces shared by several objectives: their base class, an MLP head and batch-first per-step
+tensors.
 
 Every field of an objective's masks NamedTuple is batch-first (dimension 0 = the batch), so a
 trainer may draw one global batch's masks and slice every field per rank; a quantity that is
@@ -10,22 +10,27 @@ batch (:func:`batch_shared`), free on the CPU, and read back with ``field[0]``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from sjalign.jepa.vit import Predictor, VisionTransformer, gather_tokens
+from sjalign.jepa.vit import VisionTransformer
 
 
 class Objective(nn.Module):
     """Base of every objective: the parts of the trainer's contract most objectives share.
 
     Subclasses set ``name`` and ``export_prefix`` (the submodule ``sjalign embed`` uses) and
-    write ``from_config``, ``sample_masks`` and ``forward``; an EMA objective overrides
-    :meth:`after_step`.
+    write ``from_config``, ``sample_masks`` and ``forward``; ``forward`` leaves each loss term,
+    detached, in ``self.last_terms`` (the trainer logs their epoch means); an EMA objective
+    overrides :meth:`after_step`.
     """
 
     name: str
     export_prefix: str = "encoder"
+    last_terms: dict[str, torch.Tensor]  # the last forward's loss terms, detached ({"pred": .., "sigreg": ..})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_terms = {}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters updated by the optimizer (an EMA target has ``requires_grad`` off)."""
@@ -83,36 +88,4 @@ def block_major(x: torch.Tensor, num_blocks: int) -> torch.Tensor:
     return x.reshape(B, num_blocks, MT // num_blocks, D).transpose(0, 1).reshape(-1, MT // num_blocks, D)
 
 
-def self_prediction(encoder: VisionTransformer, predictor: Predictor, images: torch.Tensor,
-                    context: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latent prediction without EMA or stop-gradient (LeJEPA, Rectified LpJEPA on a ViT).
-
-    The same encoder embeds the full image (targets) and the context block; the predictor
-    maps the context to the target blocks' tokens; gradients flow through both branches:
-
-        s = f(x)[targets],   ŝ = g(f(x[context]), positions),   L = (1/(P·D)) Σ ‖ŝ − s‖²
-
-    (a per-element MSE as LeJEPA's ``(centers − proj).square().mean()``, so λ keeps its
-    meaning). Collapse is prevented by the objective's regulariser on the pooled embeddings.
-
-    Args:
-        encoder: the ViT.
-        predictor: narrow predictor.
-        images: (B, C, H, W).
-        context: (B, Kc) context patch indices.
-        targets: (B, M, Kt) target-block patch indices.
-
-    Returns:
-        (loss, pooled): () prediction loss and (B, D) the mean-pooled full-image tokens
-        (what ``sjalign embed --pooling mean`` exports).
-    """
-    B, M, T = targets.shape
-    tokens = encoder(images)  # (B, N, D), with gradients
-    s = block_major(gather_tokens(tokens, targets.reshape(B, M * T)), M)  # (M*B, T, D)
-    z = encoder(images, keep=context)  # (B, Kc, D)
-    flat = targets.transpose(0, 1).reshape(M * B, T)  # (M*B, T), block-major
-    pred = predictor(z.repeat(M, 1, 1), context.repeat(M, 1), flat)  # (M*B, T, D)
-    return F.mse_loss(pred.float(), s.float()), tokens.mean(1)
-
-
-__all__ = ["MLPHead", "batch_shared", "block_major", "self_prediction"]
+__all__ = ["MLPHead", "Objective", "batch_shared", "block_major"]

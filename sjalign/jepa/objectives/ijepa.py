@@ -117,7 +117,7 @@ class IJEPA(Objective):
             masks: context (B, Kc) and targets (B, M, Kt) patch indices, on the images' device.
 
         Returns:
-            () scalar loss.
+            () scalar loss; ``self.last_terms`` keeps it as the detached ``pred`` term.
         """
         B, M, T = masks.targets.shape
         targets = masks.targets.transpose(0, 1).reshape(M * B, T)  # (M*B, T), block-major
@@ -128,7 +128,9 @@ class IJEPA(Objective):
             s = s.reshape(B, M, T, -1).transpose(0, 1).reshape(M * B, T, -1)  # (M*B, T, D), block-major
         z = self.encoder(images, keep=masks.context)  # (B, Kc, D)
         pred = self.predictor(z.repeat(M, 1, 1), masks.context.repeat(M, 1), targets)  # (M*B, T, D)
-        return ijepa_loss(pred, s)
+        loss = ijepa_loss(pred, s)
+        self.last_terms = {"pred": loss.detach()}
+        return loss
 
     def after_step(self, step: int, total_steps: int) -> float:
         """EMA update after optimizer step ``step`` (0-based); returns the momentum used."""

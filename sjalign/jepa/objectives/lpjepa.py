@@ -1,17 +1,23 @@
-"""Rectified LpJEPA on a ViT: no-EMA latent prediction + λ·RDMReg to a rectified generalised Gaussian.
+"""Rectified LpJEPA on a ViT: view invariance + λ·RDMReg to a rectified generalised Gaussian.
 
-Train step (Kuang et al. 2026, arXiv:2602.01456, here with I-JEPA's masked prediction as the
-predictive term)::
+Train step (Kuang et al. 2026, arXiv:2602.01456, Eq. 22 and the authors' MINIMAL.md)::
 
-    t   = f(x)                                   # full image, gradients on (no EMA, no stop-grad)
-    ŝ   = g(f(x[context]), positions)            # I-JEPA multi-block masks
-    r   = h(mean_p t)                            # projector ending in a ReLU, (B, P)
-    L   = mean (ŝ − t[targets])²  +  λ · SW2²(r, y),   y ~ RGG_p(μ=0, σ: unit variance), (B, P)
+    x_v = aug(x; θ_v),  v = 1..V                 # V = 2 augmented views, as the reference
+    h_v = mean_p f(x_v)                          # (B, D) pooled tokens: what ``sjalign embed`` exports
+    r_v = proj(h_v)                              # (B, P) 3-layer projector ending in a ReLU
+    inv = mean over view pairs of mean (r_v − r_w)²          # F.mse_loss(r_1, r_2) for V = 2
+    L   = inv + λ · mean_v SW2²(r_v, y_v),   y_v ~ RGG_p(μ = 0, σ: unit variance), (B, P)
 
-As in the paper the projector ends with a ReLU (the target is non-negative with exact zeros),
+The reference weighs the two terms 25 and 250, so λ = 10 with the invariance at weight 1.
+As in the paper the projector ends with a ReLU (the target is non-negative with exact zeros)
 and RDMReg acts on its output; ``sjalign embed`` uses the encoder's pooled tokens before the
-projector. The target samples y and the S directions are drawn every step in
+projector. The augmentations, the S directions and the target samples are drawn every step in
 :meth:`LpJEPA.sample_masks` from the trainer's seeded CPU generator.
+
+Departures from the reference, for 28 px grayscale images on two CPU cores: the ViT instead of
+a ResNet-18, AdamW instead of LARS, SimCLR-style crops of 25–100 % of the image with flip and
+intensity jitter (one channel: no colour jitter, grayscale or solarisation), S = 256 directions
+(the reference: 8192, "512 also works"), a projector of width 512 as the reference's.
 """
 
 from __future__ import annotations
@@ -20,84 +26,98 @@ from typing import NamedTuple
 
 import torch
 
-from sjalign.jepa.masks import MaskConfig, sample_masks
-from sjalign.jepa.objectives.common import MLPHead, Objective, batch_shared, self_prediction
+from sjalign.jepa.objectives.augment import augment_views, sample_aug_params
+from sjalign.jepa.objectives.common import Objective, batch_shared
+from sjalign.jepa.objectives.lejepa import projector
 from sjalign.jepa.objectives.losses import random_directions, rdmreg, sample_rgg
-from sjalign.jepa.vit import Predictor, VisionTransformer, ViTConfig
+from sjalign.jepa.vit import VisionTransformer, ViTConfig
 
 
-class RDMMasks(NamedTuple):
-    """Masks, directions and RGG target samples of one batch (all batch-first, CPU).
+class ViewsSlicesTargets(NamedTuple):
+    """Augmentations of V views, the step's directions and RGG target samples (all batch-first, CPU).
 
     Attributes:
-        context: (B, Kc) int64 context patch indices.
-        targets: (B, M, Kt) int64 target-block patch indices.
+        boxes: (B, V, 4, 2) crop corners.  flip: (B, V) bool.  contrast, brightness: (B, V).
         directions: (B, P, S) float32: one (P, S) set of unit directions, expanded over the batch.
-        rgg: (B, P) float32 samples of RGG_p, one per image.
+        rgg: (B, V, P) float32 samples of RGG_p, one per image and view.
     """
 
-    context: torch.Tensor
-    targets: torch.Tensor
+    boxes: torch.Tensor
+    flip: torch.Tensor
+    contrast: torch.Tensor
+    brightness: torch.Tensor
     directions: torch.Tensor
     rgg: torch.Tensor
 
 
-class LpJEPA(Objective):
-    """ViT encoder, predictor and rectified projector trained with prediction + λ·RDMReg.
+def pairwise_invariance(z: torch.Tensor) -> torch.Tensor:
+    """Mean over ordered view pairs v ≠ w of the per-element MSE (z_v − z_w)² (F.mse_loss for V = 2).
 
-    Submodules (checkpoint prefixes): ``encoder.*`` (exported), ``predictor.*``, ``projector.*``.
+    Args:
+        z: (V, B, P) projections of V >= 2 views of B images.
+
+    Returns:
+        () float32 loss.
+    """
+    if z.ndim != 3 or z.shape[0] < 2:
+        raise ValueError(f"pairwise_invariance expects (V, B, P) with V >= 2, got {tuple(z.shape)}")
+    V = z.shape[0]
+    z = z.float()
+    # Σ_{v≠w} mean (z_v − z_w)² = 2V · Σ_v mean (z_v − z̄)², over V(V−1) ordered pairs
+    return 2.0 * (z - z.mean(0, keepdim=True)).square().mean(dim=(1, 2)).sum() / (V - 1)
+
+
+class LpJEPA(Objective):
+    """ViT encoder and rectified projector trained with view invariance + λ·RDMReg.
+
+    Submodules (checkpoint prefixes): ``encoder.*`` (exported), ``projector.*``.
 
     Args:
         vit: encoder architecture.
-        pred_dim: predictor width.
-        pred_depth: predictor blocks.
-        proj_dim: projector hidden and output width P.
+        proj_dim: projector hidden and output width P (512, as the reference).
         reg_weight: λ (10: the ratio of the paper's λ_reg = 250 to λ_inv = 25).
         num_slices: projection directions S per step.
         rgg_p: shape p of the target (1 = rectified Laplace, the paper's default).
-        masks: multi-block mask hyper-parameters.
+        num_views: V augmented views per image (2, as the reference).
     """
 
     name = "lpjepa"
     export_prefix = "encoder"
 
-    def __init__(self, vit: ViTConfig, *, pred_dim: int = 64, pred_depth: int = 2, proj_dim: int = 256,
-                 reg_weight: float = 10.0, num_slices: int = 256, rgg_p: float = 1.0,
-                 masks: MaskConfig = MaskConfig()) -> None:
+    def __init__(self, vit: ViTConfig, *, proj_dim: int = 512, reg_weight: float = 10.0, num_slices: int = 256,
+                 rgg_p: float = 1.0, num_views: int = 2) -> None:
         super().__init__()
-        self.reg_weight, self.num_slices, self.rgg_p, self.mask_config = reg_weight, num_slices, rgg_p, masks
-        self.grid = (vit.grid_size, vit.grid_size)
+        self.reg_weight, self.num_slices, self.rgg_p, self.num_views = reg_weight, num_slices, rgg_p, num_views
+        self.img_size, self.proj_dim = (vit.img_size, vit.img_size), proj_dim
         self.encoder = VisionTransformer(vit)
-        self.predictor = Predictor(vit.embed_dim, pred_dim, pred_depth, vit.num_heads, vit.grid_size, vit.mlp_ratio)
-        self.projector = MLPHead(vit.embed_dim, proj_dim, proj_dim, rectify=True)
-        self.proj_dim = proj_dim
-        self.last_terms: dict[str, torch.Tensor] = {}
+        self.projector = projector(vit.embed_dim, proj_dim, proj_dim, rectify=True)
 
     @classmethod
     def from_config(cls, config) -> "LpJEPA":
         """Build from a :class:`sjalign.jepa.config.PretrainConfig`."""
-        return cls(config.vit, pred_dim=config.pred_dim, pred_depth=config.pred_depth, proj_dim=config.proj_dim,
-                   reg_weight=config.reg_weight, num_slices=config.num_slices, rgg_p=config.rgg_p)
+        return cls(config.vit, proj_dim=config.proj_dim, reg_weight=config.reg_weight, num_slices=config.num_slices,
+                   rgg_p=config.rgg_p, num_views=config.num_views)
 
-    def sample_masks(self, batch_size: int, generator: torch.Generator) -> RDMMasks:
-        """Multi-block masks, S unit directions in R^P and B RGG samples, drawn on the CPU."""
-        m = sample_masks(batch_size, self.grid, self.mask_config, generator=generator)
+    def sample_masks(self, batch_size: int, generator: torch.Generator) -> ViewsSlicesTargets:
+        """V views' augmentations, S unit directions in R^P and B·V RGG samples, drawn on the CPU."""
+        aug = sample_aug_params(batch_size, self.img_size, generator=generator, views=self.num_views)
         c = random_directions(self.proj_dim, self.num_slices, generator=generator)  # (P, S)
-        y = sample_rgg(batch_size, self.proj_dim, self.rgg_p, generator=generator)  # (B, P)
-        return RDMMasks(m.context, m.targets, batch_shared(c, batch_size), y)
+        y = sample_rgg(batch_size * self.num_views, self.proj_dim, self.rgg_p, generator=generator)  # (B*V, P)
+        return ViewsSlicesTargets(*aug, batch_shared(c, batch_size), y.reshape(batch_size, self.num_views, -1))
 
-    def forward(self, images: torch.Tensor, masks: RDMMasks) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, masks: ViewsSlicesTargets) -> torch.Tensor:
         """Rectified LpJEPA loss of one batch.
 
         Args:
-            images: (B, C, H, W) images.
-            masks: :class:`RDMMasks` on the images' device.
+            images: (B, C, H, W) images in [0, 1].
+            masks: :class:`ViewsSlicesTargets` on the images' device.
 
         Returns:
-            () scalar loss; ``self.last_terms`` keeps the detached ``pred`` and ``rdmreg`` terms.
+            () scalar loss; ``self.last_terms`` keeps the detached ``pred`` (invariance) and ``rdmreg`` terms.
         """
-        pred, pooled = self_prediction(self.encoder, self.predictor, images, masks.context, masks.targets)
-        r = self.projector(pooled)  # (B, P), non-negative
-        reg = rdmreg(r, masks.rgg, masks.directions[0])
+        B, V = images.shape[0], self.num_views
+        r = self.projector(self.encoder(augment_views(images, masks)).mean(1)).reshape(V, B, -1)  # (V, B, P) >= 0
+        pred = pairwise_invariance(r)
+        reg = torch.stack([rdmreg(r[v], masks.rgg[:, v], masks.directions[0]) for v in range(V)]).mean()
         self.last_terms = {"pred": pred.detach(), "rdmreg": reg.detach()}
         return pred + self.reg_weight * reg

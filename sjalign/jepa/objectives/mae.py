@@ -73,7 +73,6 @@ class MAE(Objective):
         self.decoder = Predictor(vit.embed_dim, dec_dim, dec_depth, vit.num_heads, vit.grid_size, vit.mlp_ratio,
                                  out_dim=vit.patch_size ** 2 * vit.in_chans)
         random_masks(1, vit.num_patches, mask_ratio, generator=torch.Generator())  # fail early on a bad ratio
-        self.last_terms: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, config) -> "MAE":
