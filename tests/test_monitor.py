@@ -25,7 +25,7 @@ EVAL_KEYS = {"knn_acc", "probe_acc", "rankme", "participation_ratio", "n_train",
 def small_config(**kw) -> PretrainConfig:
     base = dict(model="custom", vit=SMALL_VIT, epochs=2, batch_size=64, lr=1e-3, warmup_epochs=1,
                 pred_dim=16, pred_depth=1, seed=0, device="cpu")
-    return PretrainConfig(**{**base, **kw})
+    return PretrainConfig.from_dict({**base, **kw})  # objective options may be given flat
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,9 @@ from scipy import optimize, stats
 
 from sjalign.cli.app import app
 from sjalign.errors import SjalignError
-from sjalign.jepa import PretrainConfig, ViTConfig, build_objective, load_checkpoint, load_encoder, pretrain
-from sjalign.jepa.config import OBJECTIVE_OPTIONS
+from sjalign.jepa import PretrainConfig, ViTConfig, build_objective, load_checkpoint, load_encoder, pretrain, read_log
 from sjalign.jepa.masks import MaskConfig, sample_masks
-from sjalign.jepa.objectives import OBJECTIVES
+from sjalign.jepa.objectives import OBJECTIVE_OPTIONS, OBJECTIVES
 from sjalign.jepa.objectives.cjepa import second_context
 from sjalign.jepa.objectives.losses import (
     epps_pulley_weights,
@@ -35,8 +34,8 @@ from sjalign.jepa.objectives.losses import (
     sigreg,
     vicreg_terms,
 )
-from sjalign.jepa.objectives.mae import random_masks
 from sjalign.jepa.objectives.augment import augment, sample_aug_params
+from sjalign.jepa.objectives.mae import random_masks
 
 from conftest import fashion_mnist_images
 
@@ -61,7 +60,7 @@ def tiny_config(objective: str, **kw) -> PretrainConfig:
                 pred_dim=16, pred_depth=1, seed=0, device="cpu")
     if objective in OBJECTIVE_OPTIONS["proj_dim"]:
         base["proj_dim"] = 64
-    return PretrainConfig(**{**base, **kw})
+    return PretrainConfig.from_dict({**base, **kw})  # objective options may be given flat
 
 
 
@@ -320,8 +319,9 @@ def test_masks_are_batch_first_and_reproducible(objective):
 
 # --- every objective on real Fashion-MNIST ------------------------------------------
 
-# per-objective settings that make 20 CPU steps show learning (NT-Xent needs more negatives)
-TRAIN_KW = {"simclr": dict(batch_size=32, epochs=2, lr=3e-3), "mae": dict(lr=5e-3)}
+# per-objective settings that make 20 CPU steps show learning (batch statistics of the view objectives need more rows)
+TRAIN_KW = {"simclr": dict(batch_size=32, epochs=2, lr=3e-3), "lejepa": dict(batch_size=32, epochs=2, lr=3e-3),
+            "lpjepa": dict(batch_size=32, epochs=2, lr=3e-3), "mae": dict(lr=5e-3)}
 
 
 def not_collapsed(emb: torch.Tensor, init: torch.Tensor) -> bool:
@@ -369,19 +369,32 @@ def test_objective_trains_and_exports_an_uncollapsed_encoder(objective, fmnist, 
     assert not_collapsed(emb, init), emb.std(0)
 
 
-def test_lejepa_sigreg_falls_while_training(fmnist, tmp_path):
-    cfg = tiny_config("lejepa", epochs=2)
-    torch.manual_seed(cfg.seed)
-    before = build_objective(cfg)
+# The objectives whose exported encoder does not gain rank in a short run: a known result
+# (README, "Does it learn?"), kept visible as strict xfails so that a fix shows up as an XPASS.
+STALLS = {"ijepa": "the EMA target stays at its initialisation's rank in a short run (README: Does it learn?)",
+          "cjepa": "as ijepa: VICReg acts on the context encoder, the EMA target is exported",
+          "mae": "pixel reconstruction lowers the rank of the mean-pooled tokens in a short run",
+          "ae": "pixel reconstruction lowers the rank of the mean-pooled tokens in a short run"}
+REGULARISERS = {"lejepa": "sigreg", "lpjepa": "rdmreg", "simclr": "nt_xent"}
+
+
+@pytest.mark.parametrize("objective", [pytest.param(o, marks=pytest.mark.xfail(reason=STALLS[o], strict=True))
+                                       if o in STALLS else o for o in OBJECTIVES])
+def test_a_short_run_on_real_data_raises_rankme_and_lowers_the_regulariser(objective, fmnist, tmp_path):
+    """Collapse shows as a RankMe (Garrido et al. 2023) of the exported vectors at or below the init's."""
+    from sjalign.metrics.representation import rankme
+
+    cfg = tiny_config(objective, epochs=8, batch_size=32, lr=2e-3, warmup_epochs=0.5)
+    torch.manual_seed(cfg.seed)  # the trainer's initialisation
+    before = build_objective(cfg).export_encoder().eval()
     pretrain(cfg, fmnist[:320], tmp_path / "run")
-    tensors, saved, _ = load_checkpoint(tmp_path / "run")
-    after = build_objective(saved)
-    after.load_state_dict(tensors)
-    terms = []
-    for model in (before, after):
-        fixed_loss(model, fmnist[320:])
-        terms.append(model.last_terms["sigreg"].item())
-    assert terms[1] < 0.7 * terms[0], terms
+    encoder, _ = load_encoder(tmp_path / "run")
+    with torch.no_grad():
+        init, trained = before(fmnist[320:]).mean(1), encoder.forward_features(fmnist[320:]).mean(1)  # (128, D)
+    assert rankme(trained) > 1.2 * rankme(init), (rankme(init), rankme(trained))
+    if objective in REGULARISERS:  # the regulariser's statistic on the training batches: last epoch < first
+        terms = [r["terms"][REGULARISERS[objective]] for r in read_log(tmp_path / "run")]
+        assert terms[-1] < terms[0], terms
 
 
 def test_exported_encoder_of_each_objective():
@@ -405,7 +418,7 @@ def test_config_fills_defaults_and_refuses_inapplicable_options():
     assert cfg.architecture()["proj_dim"] == 64
     with pytest.raises(SjalignError, match="temperature applies to simclr only"):
         tiny_config("mae", temperature=0.1)
-    with pytest.raises(SjalignError, match="unknown objective 'byol'.*ijepa, lejepa, cjepa, lpjepa, mae, simclr, ae"):
+    with pytest.raises(SjalignError, match="unknown objective 'byol'.*ijepa, ae, cjepa, lejepa, lpjepa, mae, simclr"):
         tiny_config("byol")
     for bad in (dict(objective="mae", mask_ratio=1.0), dict(objective="simclr", temperature=0.0),
                 dict(objective="lpjepa", rgg_p=-1.0), dict(objective="lejepa", num_slices=0),
@@ -415,7 +428,7 @@ def test_config_fills_defaults_and_refuses_inapplicable_options():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--objective", "byol"], "unknown objective 'byol' (available: ijepa, lejepa, cjepa, lpjepa, mae, simclr, ae)"),
+    (["--objective", "byol"], "unknown objective 'byol' (available: ijepa, ae, cjepa, lejepa, lpjepa, mae, simclr)"),
     (["--objective", "mae", "--temperature", "0.1"], "--temperature applies to simclr only"),
     (["--reg-weight", "0.1"], "--reg-weight applies to lejepa, lpjepa only"),
     (["--objective", "mae", "--mask-ratio", "1.5"], "mask_ratio must be between 0 and 1, got 1.5"),
@@ -439,7 +452,7 @@ def test_cli_pretrain_objective_happy_path(runner, tmp_path, fmnist):
     summary = json.loads(result.stdout)
     assert summary["steps"] == 3 and math.isfinite(summary["loss"])
     config = json.loads((out / "config.json").read_text())
-    keys = ("objective", "rgg_p", "num_slices", "reg_weight")
-    assert tuple(config[k] for k in keys) == ("lpjepa", 2.0, 32, 10.0)
+    assert config["objective"] == "lpjepa"  # the options nested, every one resolved (the defaults too)
+    assert config["options"] == {"rgg_p": 2.0, "num_slices": 32, "reg_weight": 10.0, "num_views": 2, "proj_dim": 512}
     encoder, _ = load_encoder(out)
     assert encoder.num_features == 128

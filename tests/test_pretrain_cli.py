@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
     (["--patch-size", "-4"], ["--patch-size must be a positive"]),
     (["--lr", "nan"], ["lr must be a finite number > 0"]),
     (["--objective", "mae", "--mask-ratio", "nan"], ["mask_ratio must be between 0 and 1"]),
-    (["--objective", "lpjepa", "--rgg-p", "0.01"], ["rgg_p must be >= 0.1"]),
+    (["--objective", "lpjepa", "--rgg-p", "0.01"], ["rgg_p must be a finite number >= 0.1"]),
 ])
 def test_bad_input_exits_1_with_one_line_and_no_run_folder(runner, tmp_path, args, needles):
     out = tmp_path / "run"
@@ -71,5 +71,5 @@ def test_happy_path_logs_flops_per_epoch(runner, tmp_path):
     assert res.exit_code == 0, res.output
     assert "epoch 2:" in res.stderr and "training FLOPs" in res.stderr
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1, 2]
-    assert 0 < log[0]["flops"] < log[1]["flops"] and all(r["img_per_s"] > 0 for r in log)
+    assert [r["epoch"] for r in log] == [0, 1, 2]  # epoch 0: the online evaluation of the random init
+    assert 0 == log[0]["flops"] < log[1]["flops"] < log[2]["flops"] and all(r["img_per_s"] > 0 for r in log[1:])

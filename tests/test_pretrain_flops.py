@@ -22,7 +22,7 @@ SMALL_VIT = ViTConfig(img_size=28, patch_size=4, in_chans=1, embed_dim=32, depth
 def small_config(**kw) -> PretrainConfig:
     base = dict(model="custom", vit=SMALL_VIT, epochs=2, batch_size=32, lr=1e-3, pred_dim=16, pred_depth=1,
                 seed=0, device="cpu")
-    return PretrainConfig(**{**base, **kw})
+    return PretrainConfig.from_dict({**base, **kw})  # objective options may be given flat
 
 
 class LinearObjective(nn.Module):

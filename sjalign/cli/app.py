@@ -10,7 +10,7 @@ from sjalign.cli.convert import convert_command
 from sjalign.cli.embed import embed_command
 from sjalign.cli.evaluate import evaluate_command
 from sjalign.cli.fit_map import fit_map_command
-from sjalign.cli.listing import datasets_command, encoders_command
+from sjalign.cli.listing import datasets_command, encoders_command, objectives_command
 from sjalign.cli.pretrain import pretrain_command
 from sjalign.cli.transfer_probe import transfer_probe_command
 
@@ -23,7 +23,8 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-app.command("pretrain")(pretrain_command)
+# objective options (--reg-weight, ...) are declared by each objective and parsed by the command
+app.command("pretrain", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(pretrain_command)
 app.command("embed")(embed_command)
 app.command("convert")(convert_command)
 app.command("fit-map")(fit_map_command)
@@ -32,6 +33,7 @@ app.command("evaluate")(evaluate_command)
 app.command("transfer-probe")(transfer_probe_command)
 app.command("datasets")(datasets_command)
 app.command("encoders")(encoders_command)
+app.command("objectives")(objectives_command)
 
 
 def _version(value: bool) -> None:

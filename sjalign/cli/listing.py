@@ -64,3 +64,35 @@ def encoders_command(json_out: JsonOpt = False) -> None:
     else:
         for name in names:
             console.print(name)
+
+
+@cli_command
+def objectives_command(json_out: JsonOpt = False) -> None:
+    """List the pretraining objectives: what each trains, its options (``sjalign pretrain --OPTION``) and recipe.
+
+    Examples:
+
+      sjalign objectives
+
+      sjalign objectives --json | jq '.objectives.lejepa.options'
+    """
+    from sjalign.jepa.config import TRAINING_DEFAULTS
+    from sjalign.jepa.objectives import OBJECTIVES
+
+    def plain(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    result = {name: {"summary": cls.summary, "exported_encoder": cls.export_prefix,
+                     "recipe": {k: plain(cls.recipe.get(k, v)) for k, v in TRAINING_DEFAULTS.items()},
+                     "options": {f: {"default": plain(o.default), "help": o.help} for f, o in cls.options.items()}}
+              for name, cls in OBJECTIVES.items()}
+    if json_out:
+        emit_json({"objectives": result})
+        return
+    for name, info in result.items():
+        console.print(f"[bold]{escape(name)}[/]: {escape(info['summary'])} (exports {info['exported_encoder']})")
+        recipe = ", ".join(f"{k} {v}" for k, v in info["recipe"].items())
+        console.print(f"    recipe: {escape(recipe)}")
+        for field, option in info["options"].items():
+            default = ",".join(map(str, option["default"])) if isinstance(option["default"], list) else option["default"]
+            console.print(f"    --{field.replace('_', '-')} [{escape(str(default))}]: {escape(option['help'])}")

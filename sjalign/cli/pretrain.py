@@ -43,42 +43,68 @@ def _vit_for_data(model: str, shape: tuple[int, int, int], patch_size: int | Non
     return dataclasses.replace(preset, img_size=size, in_chans=c, patch_size=patch)
 
 
-def _objective_options(objective: str, **values) -> dict:
-    """The objective hyper-parameters given on the command line, checked against the objective."""
+def _objective_options(ctx: typer.Context, objective: str) -> dict:
+    """The objective options on the command line (``--reg-weight 0.1`` or ``--reg-weight=0.1``), parsed and checked.
+
+    Each objective declares its options (``Objective.options``); any option some objective
+    declares is recognised here, then refused unless ``objective`` declares it.
+
+    Raises:
+        UsageError: a flag no objective declares, or a stray argument (exit 2, Typer's usage error).
+        SjalignError: a value of the wrong type, or an option of another objective.
+    """
+    try:  # typer >= 0.2x vendors click; its usage errors exit 2 with the command's usage line
+        from typer._click.exceptions import BadParameter, NoSuchOption, UsageError
+    except ImportError:
+        from click.exceptions import BadParameter, NoSuchOption, UsageError
+
     from sjalign.errors import SjalignError
     from sjalign.jepa.config import check_objective_options
+    from sjalign.jepa.objectives import OBJECTIVE_OPTIONS, option_of
 
-    check_objective_options(objective, values, name=lambda field: "--" + field.replace("_", "-"))
-    if values["vicreg_coeffs"] is not None:
+    values, args = {}, list(ctx.args)
+    while args:
+        token = args.pop(0)
+        flag, _, text = token.partition("=")
+        field = flag[2:].replace("-", "_") if flag.startswith("--") else None
+        if field not in OBJECTIVE_OPTIONS:
+            if flag.startswith("-"):
+                raise NoSuchOption(flag, ctx=ctx)
+            raise UsageError(f"Got unexpected extra argument ({token})", ctx=ctx)
+        if not _:
+            if not args:
+                raise BadParameter("requires a value", ctx=ctx, param_hint=f"'{flag}'")
+            text = args.pop(0)
         try:
-            values["vicreg_coeffs"] = tuple(float(c) for c in values["vicreg_coeffs"].split(","))
-        except ValueError:
-            raise SjalignError(f"--vicreg-coeffs '{values['vicreg_coeffs']}': expected three numbers SIM,STD,COV") from None
-    return {k: v for k, v in values.items() if v is not None}
+            values[field] = option_of(field).parse(text)
+        except ValueError as exc:
+            raise SjalignError(f"{flag} '{text}': not a valid value ({exc})") from None
+    check_objective_options(objective, values, name=lambda f: "--" + f.replace("_", "-"))
+    return values
 
 
-def _resumed_options(run_dir: Path, objective: str, given: dict) -> dict:
+def _resumed_options(run_dir: Path, objective: str, given: dict, options: dict) -> tuple[dict, dict]:
     """On --resume, the run's own epochs, batch size, lr and objective options where none is given again.
 
     Without this a resumed run would silently fall back to the defaults (say ``--reg-weight``
-    0.05 where the run was started with 0.5). A run of another objective is left to the
+    0.02 where the run was started with 0.5). A run of another objective is left to the
     trainer, which refuses it with the differing fields.
     """
     from sjalign.errors import SjalignError
     from sjalign.jepa.checkpoint import CONFIG_FILE
-    from sjalign.jepa.config import OBJECTIVE_OPTIONS, PretrainConfig
+    from sjalign.jepa.config import PretrainConfig
 
     path = run_dir / CONFIG_FILE
     if not path.is_file():
-        return given
+        return given, options
     try:
         saved = PretrainConfig.from_json(path.read_text())
     except (OSError, UnicodeDecodeError, SjalignError):
-        return given  # the trainer reads the checkpoint's own copy and reports what is wrong
+        return given, options  # the trainer reads the checkpoint's own copy and reports what is wrong
     if saved.objective != objective:
-        return given
-    fields = ("epochs", "batch_size", "lr", *(f for f, uses in OBJECTIVE_OPTIONS.items() if objective in uses))
-    return {**{f: getattr(saved, f) for f in fields}, **given}
+        return given, options
+    return ({**{f: getattr(saved, f) for f in ("epochs", "batch_size", "lr")}, **given},
+            {**saved.options, **options})
 
 
 def _eval_set(selection, eval_states: int | None):
@@ -124,23 +150,15 @@ def epoch_line(record: dict) -> str:
 
 @cli_command
 def pretrain_command(
+    ctx: typer.Context,
     output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (checkpoint, train state, config.json, log.jsonl).", file_okay=False)],
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset name (see 'sjalign datasets').")] = "fashion-mnist",
     view: Annotated[str, typer.Option("--view", help="View spec the encoder sees, e.g. crop:top, azimuth:30.")] = "identity",
-    objective: Annotated[str, typer.Option("--objective", help="Training objective: ijepa, lejepa, cjepa, lpjepa, mae, simclr or ae.")] = "ijepa",
-    reg_weight: Annotated[float | None, typer.Option("--reg-weight", help="lejepa, lpjepa: weight λ of SIGReg / RDMReg. [default: 0.05 / 10]")] = None,
-    num_slices: Annotated[int | None, typer.Option("--num-slices", help="lejepa, lpjepa: random 1-D projections per step. [default: 256]")] = None,
-    num_views: Annotated[int | None, typer.Option("--num-views", help="lejepa: augmented views per image. [default: 4]")] = None,
-    rgg_p: Annotated[float | None, typer.Option("--rgg-p", help="lpjepa: shape p of the rectified generalised Gaussian target (1 = rectified Laplace). [default: 1]")] = None,
-    proj_dim: Annotated[int | None, typer.Option("--proj-dim", help="cjepa, lpjepa, simclr: projection head width. [default: 256]")] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", help="simclr: NT-Xent temperature τ. [default: 0.5]")] = None,
-    mask_ratio: Annotated[float | None, typer.Option("--mask-ratio", help="mae: fraction of patches masked. [default: 0.75]")] = None,
-    vicreg_weight: Annotated[float | None, typer.Option("--vicreg-weight", help="cjepa: β_vicreg. [default: 0.001]")] = None,
-    vicreg_coeffs: Annotated[str | None, typer.Option("--vicreg-coeffs", help="cjepa: β_sim,β_std,β_cov of VICReg. [default: 25,25,1]")] = None,
+    objective: Annotated[str, typer.Option("--objective", help="Training objective; 'sjalign objectives' lists them with their options (--reg-weight, --temperature, ...), defaults and recipes.")] = "ijepa",
     model: Annotated[str, typer.Option("--model", help="ViT preset: vit_tiny (28 px, patch 4) or vit_small (ViT-S/16, 224 px).")] = "vit_tiny",
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Passes over the data; 0 writes the randomly initialised model (a control). [default: 10]")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per optimizer step, over all processes under torchrun. [default: 128]")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW, linear warm-up then cosine). [default: 3e-4]")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Passes over the data; 0 writes the randomly initialised model (a control). [default: the objective's recipe]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per optimizer step, over all processes under torchrun. [default: the objective's recipe]")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW, linear warm-up then cosine). [default: the objective's recipe]")] = None,
     max_states: Annotated[int | None, typer.Option("--max-states", help="Use at most N states (train and test in proportion; only train ones are trained on).")] = None,
     split: Annotated[str, typer.Option("--split", help="States to train on: train (default), test or all.")] = "train",
     classes: ClassesOpt = None,
@@ -169,6 +187,11 @@ def pretrain_command(
       torchrun --standalone --nproc-per-node 2 -m sjalign pretrain --view crop:top --batch-size 256 -o runs/top   # DDP
 
       sjalign pretrain --dataset smallnorb --data-dir norb/ --view azimuth=0 --image-size 48 --patch-size 8 -o runs/az0
+
+      sjalign pretrain --objective lejepa --reg-weight 0.05 --num-views 2 --max-states 10000 -o runs/le   # 'sjalign objectives'
+
+    Objective options (--reg-weight, --num-slices, --num-views, --proj-dim, --rgg-p, --temperature, --mask-ratio,
+    --vicreg-weight, --vicreg-coeffs, ...) are declared by each objective: 'sjalign objectives' lists them.
     """
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -189,11 +212,9 @@ def pretrain_command(
     if not resume and not force and output.is_dir() and any(output.iterdir()):
         raise SjalignError(f"{output}: run folder already holds files (use --resume to continue or --force to restart)")
     given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
-    given |= _objective_options(objective, reg_weight=reg_weight, num_slices=num_slices, num_views=num_views, rgg_p=rgg_p, proj_dim=proj_dim,
-                                temperature=temperature, mask_ratio=mask_ratio, vicreg_weight=vicreg_weight,
-                                vicreg_coeffs=vicreg_coeffs)
+    options = _objective_options(ctx, objective)
     if resume:
-        given = _resumed_options(output, objective, given)
+        given, options = _resumed_options(output, objective, given, options)
     if split not in ("train", "test", "all"):
         raise SjalignError(f"--split '{split}': use train, test or all")
     if eval_every < 0:
@@ -209,7 +230,7 @@ def pretrain_command(
     ds = selection.subset(np.flatnonzero(keep))
     config = PretrainConfig(dataset=dataset, view=ds.view, objective=objective, model=model, max_states=max_states,
                             vit=_vit_for_data(model, ds.shape, patch_size), seed=seed, device=device,
-                            precision=precision, compile=compile_model, num_workers=num_workers, **given)
+                            precision=precision, compile=compile_model, num_workers=num_workers, options=options, **given)
     # a selection that fits IN_MEMORY_BYTES is rendered once; a larger one is read lazily every epoch
     images = ds.materialize(num_workers=num_workers) if ds.nbytes <= IN_MEMORY_BYTES else ds
     quiet = json_out or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports

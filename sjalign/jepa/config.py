@@ -18,42 +18,34 @@ from sjalign.jepa.vit import PRESETS, ViTConfig
 
 PRECISIONS = ("fp32", "bf16")
 
-# Objective hyper-parameters: field -> {objective it applies to: its default}. A field left at
-# None is filled with the objective's default; a value given for an objective that does not
-# use it is an error (see :func:`inapplicable_options`).
-OBJECTIVE_OPTIONS: dict[str, dict[str, Any]] = {
-    "reg_weight": {"lejepa": 0.02, "lpjepa": 10.0},
-    "num_slices": {"lejepa": 256, "lpjepa": 256},
-    "num_views": {"lejepa": 4, "lpjepa": 2},
-    "rgg_p": {"lpjepa": 1.0},
-    "proj_dim": {"cjepa": 256, "lejepa": 16, "lpjepa": 512, "simclr": 256},
-    "temperature": {"simclr": 0.5},
-    "mask_ratio": {"mae": 0.75},
-    "vicreg_weight": {"cjepa": 0.001},
-    "vicreg_coeffs": {"cjepa": (25.0, 25.0, 1.0)},
+# Training defaults every objective starts from; an objective's ``recipe`` overrides some of them.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "epochs": 10, "batch_size": 128, "lr": 3e-4, "min_lr": 1e-6, "warmup_epochs": 1.0, "weight_decay": 0.05,
+    "ema": (0.996, 1.0), "pred_dim": 64, "pred_depth": 2,
 }
 
 
 def check_objective_options(objective: str, values: dict[str, Any], *, name=lambda field: field) -> None:
-    """Refuse an unknown objective, then hyper-parameters that ``objective`` does not use.
+    """Refuse an unknown objective, then hyper-parameters that ``objective`` does not declare.
 
     Args:
         objective: objective name.
-        values: field name -> value; None means "not given".
-        name: how to name a field in the message (the CLI passes ``--flag`` names).
+        values: option name -> value; None means "not given".
+        name: how to name an option in the message (the CLI passes ``--flag`` names).
 
     Raises:
-        SjalignError: unknown objective (the message lists all of them), or e.g.
-            "temperature applies to simclr only (objective 'mae')".
+        SjalignError: unknown objective (the message lists all of them), an option no
+            objective has, or e.g. "temperature applies to simclr only (objective 'mae')".
     """
-    from sjalign.jepa.objectives import OBJECTIVES  # deferred: the objectives import this package's vit
+    from sjalign.jepa.objectives import OBJECTIVE_OPTIONS, objective_class  # deferred: they import vit
 
-    if objective not in OBJECTIVES:
-        raise SjalignError(f"unknown objective '{objective}' (available: {', '.join(OBJECTIVES)})")
+    objective_class(objective)
+    unknown = [f"unknown objective option {name(f)} (known: {', '.join(map(name, OBJECTIVE_OPTIONS))})"
+               for f, v in values.items() if v is not None and f not in OBJECTIVE_OPTIONS]
     bad = [f"{name(field)} applies to {', '.join(users)} only (objective '{objective}')"
            for field, users in inapplicable_options(objective, values)]
-    if bad:
-        raise SjalignError("; ".join(bad))
+    if unknown or bad:
+        raise SjalignError("; ".join(unknown + bad))
 
 
 def inapplicable_options(objective: str, values: dict[str, Any]) -> list[tuple[str, tuple[str, ...]]]:
@@ -61,11 +53,13 @@ def inapplicable_options(objective: str, values: dict[str, Any]) -> list[tuple[s
 
     Args:
         objective: objective name.
-        values: field name -> value (fields outside :data:`OBJECTIVE_OPTIONS` are ignored).
+        values: option name -> value (names no objective declares are ignored).
 
     Returns:
-        [(field, the objectives it applies to), ...] in :data:`OBJECTIVE_OPTIONS` order.
+        [(option, the objectives it applies to), ...] in declaration order.
     """
+    from sjalign.jepa.objectives import OBJECTIVE_OPTIONS
+
     return [(field, tuple(users)) for field, users in OBJECTIVE_OPTIONS.items()
             if values.get(field) is not None and objective not in users]
 
@@ -88,8 +82,9 @@ class PretrainConfig:
         warmup_epochs: length of the linear warm-up from 0 to ``lr``, in epochs.
         weight_decay: AdamW decoupled weight decay on weight matrices (not biases/norms).
         ema: (start, end) momentum of the target-encoder EMA, linear over all steps.
-        pred_dim: predictor width (multiple of 4 and of ``vit.num_heads``).
-        pred_depth: predictor blocks.
+        pred_dim: predictor width (multiple of 4 and of ``vit.num_heads``); the pixel
+            decoders of mae and ae use it as their width.
+        pred_depth: predictor (or pixel decoder) blocks.
         max_states: cap on the number of states used (provenance; applied by the loader).
         seed: seeds model init, shuffling and masks.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
@@ -98,19 +93,15 @@ class PretrainConfig:
         grad_clip: max global gradient norm; None or 0 disables clipping.
         num_workers: DataLoader worker processes when ``pretrain`` reads a Dataset (0 = in the
             main process); does not change the results.
+        options: the objective's hyper-parameters (``reg_weight``, ``temperature``, ...), as its
+            class declares them (``Objective.options``: default, help, check); missing ones are
+            filled with the objective's defaults, one it does not declare is an error. Each is
+            also readable as an attribute (``config.reg_weight``; None for an option of another
+            objective).
 
-    Objective hyper-parameters (None = the objective's default, see :data:`OBJECTIVE_OPTIONS`;
-    setting one for an objective that does not use it is an error):
-        reg_weight: λ of the regulariser — SIGReg for lejepa (0.05), RDMReg for lpjepa (10).
-        num_slices: random 1-D projections per step for SIGReg / RDMReg (256).
-        rgg_p: shape p of lpjepa's rectified generalised Gaussian target (1 = rectified Laplace).
-        proj_dim: width of the projection head of cjepa (VICReg), lpjepa (ReLU projector) and
-            simclr (256); changes the weights' shapes.
-        temperature: τ of simclr's NT-Xent (0.5).
-        mask_ratio: fraction of patches mae masks (0.75).
-        vicreg_weight: β_vicreg of cjepa (0.001).
-        vicreg_coeffs: (β_sim, β_std, β_cov) of cjepa's VICReg (25, 25, 1).
-    The pixel decoders of mae and ae use ``pred_dim`` / ``pred_depth`` as width / depth.
+    A field left at None (``epochs``, ``batch_size``, ``lr``, ...) is filled from the
+    objective's ``recipe``, else from :data:`TRAINING_DEFAULTS`, so a config read back from a
+    checkpoint always carries the values the run used.
     """
 
     dataset: str = "fashion-mnist"
@@ -118,15 +109,15 @@ class PretrainConfig:
     objective: str = "ijepa"
     model: str = "vit_tiny"
     vit: ViTConfig | None = None
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 3e-4
-    min_lr: float = 1e-6
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05
-    ema: tuple[float, float] = (0.996, 1.0)
-    pred_dim: int = 64
-    pred_depth: int = 2
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    min_lr: float | None = None
+    warmup_epochs: float | None = None
+    weight_decay: float | None = None
+    ema: tuple[float, float] | None = None
+    pred_dim: int | None = None
+    pred_depth: int | None = None
     max_states: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -134,28 +125,27 @@ class PretrainConfig:
     compile: bool = False
     grad_clip: float | None = 1.0
     num_workers: int = 0
-    reg_weight: float | None = None
-    num_slices: int | None = None
-    num_views: int | None = None
-    rgg_p: float | None = None
-    proj_dim: int | None = None
-    temperature: float | None = None
-    mask_ratio: float | None = None
-    vicreg_weight: float | None = None
-    vicreg_coeffs: tuple[float, float, float] | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from sjalign.jepa.objectives import objective_class  # deferred: the objectives import this package's vit
+
         if self.vit is None:
             if self.model not in PRESETS:
                 raise SjalignError(f"unknown model preset '{self.model}' (known: {', '.join(PRESETS)})")
             object.__setattr__(self, "vit", PRESETS[self.model])
+        check_objective_options(self.objective, dict(self.options))
+        cls = objective_class(self.objective)
+        for field, default in TRAINING_DEFAULTS.items():
+            if getattr(self, field) is None:
+                object.__setattr__(self, field, cls.recipe.get(field, default))
         object.__setattr__(self, "ema", tuple(float(m) for m in self.ema))
-        check_objective_options(self.objective, {f: getattr(self, f) for f in OBJECTIVE_OPTIONS})
-        problems = []
-        for field, defaults in OBJECTIVE_OPTIONS.items():
-            if self.objective in defaults and getattr(self, field) is None:
-                object.__setattr__(self, field, defaults[self.objective])
-        problems += self._objective_problems()
+        options = {field: option.coerce(self.options[field]) if self.options.get(field) is not None else option.default
+                   for field, option in cls.options.items()}
+        object.__setattr__(self, "options", options)
+        problems = [f"{field} {problem}" for field, option in cls.options.items()
+                    if option.check is not None and (problem := option.check(options[field]))]
+        problems += cls.config_problems(options, self.vit) if not problems else []
         if self.epochs < 0:
             problems.append(f"epochs must be >= 0 (0 = the randomly initialised model), got {self.epochs}")
         if self.batch_size < 1:
@@ -173,35 +163,20 @@ class PretrainConfig:
         if problems:
             raise SjalignError("pretrain config: " + "; ".join(problems))
 
-    def _objective_problems(self) -> list[str]:
-        """Range checks of the objective hyper-parameters that are set."""
-        problems = []
-        if self.vicreg_coeffs is not None:
-            coeffs = tuple(float(c) for c in self.vicreg_coeffs)
-            object.__setattr__(self, "vicreg_coeffs", coeffs)
-            if len(coeffs) != 3 or min(coeffs) < 0:
-                problems.append(f"vicreg_coeffs must be three numbers >= 0 (sim, std, cov), got {coeffs}")
-        for field in ("reg_weight", "vicreg_weight"):
-            if getattr(self, field) is not None and not 0 <= getattr(self, field) < math.inf:
-                problems.append(f"{field} must be a finite number >= 0, got {getattr(self, field)}")
-        for field in ("num_slices", "proj_dim"):
-            if getattr(self, field) is not None and getattr(self, field) < 1:
-                problems.append(f"{field} must be >= 1, got {getattr(self, field)}")
-        if self.num_views is not None and self.num_views < 2:
-            problems.append(f"num_views must be >= 2 (the views predict their mean), got {self.num_views}")
-        for field in ("rgg_p", "temperature"):
-            if getattr(self, field) is not None and not 0 < getattr(self, field) < math.inf:
-                problems.append(f"{field} must be a finite number > 0, got {getattr(self, field)}")
-        if self.rgg_p is not None and not self.rgg_p >= 0.1:  # Γ(3/p) overflows a float below p ≈ 0.018
-            problems.append(f"rgg_p must be >= 0.1 (sparser targets are not supported), got {self.rgg_p}")
-        if self.mask_ratio is not None and not 0 < self.mask_ratio < 1:
-            problems.append(f"mask_ratio must be between 0 and 1, got {self.mask_ratio}")
-        elif self.mask_ratio is not None:
-            n = self.vit.num_patches
-            if not 0 < round(n * self.mask_ratio) < n:
-                problems.append(f"mask_ratio {self.mask_ratio} must mask at least one and keep at least one "
-                                f"of the {n} patches")
-        return problems
+    def __getattr__(self, name: str) -> Any:
+        """An objective option as an attribute: ``config.reg_weight`` (None for another objective's option)."""
+        options = self.__dict__.get("options")
+        if options is not None and not name.startswith("_"):
+            if name in options:
+                return options[name]
+            from sjalign.jepa.objectives import OBJECTIVE_OPTIONS
+
+            if name in OBJECTIVE_OPTIONS:
+                return None
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __hash__(self) -> int:
+        return hash(self.to_json())
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (``vit`` nested, tuples as lists)."""
@@ -215,14 +190,21 @@ class PretrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> "PretrainConfig":
         """Rebuild a config from :meth:`to_dict` output; unknown keys are dropped with a warning.
 
+        Objective options may also be given flat (``{"objective": "lejepa", "reg_weight": 0.1}``),
+        as configs written before ``options`` existed hold them; a flat None is "not given".
+
         Raises:
             SjalignError: values that do not make a valid config.
         """
+        from sjalign.jepa.objectives import OBJECTIVE_OPTIONS
+
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        flat = {k: data[k] for k in data if k not in names and k in OBJECTIVE_OPTIONS}
+        unknown = sorted(set(data) - names - set(flat))
         if unknown:
             warnings.warn(f"pretrain config: ignoring unknown keys {unknown}", stacklevel=2)
         kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["options"] = {**{k: v for k, v in flat.items() if v is not None}, **(kwargs.get("options") or {})}
         vit = kwargs.get("vit")
         try:
             if isinstance(vit, dict):
@@ -248,5 +230,9 @@ class PretrainConfig:
 
     def architecture(self) -> dict[str, Any]:
         """The fields a checkpoint's weights depend on (compared on resume)."""
-        return {"objective": self.objective, "vit": dataclasses.asdict(self.vit),
-                "pred_dim": self.pred_dim, "pred_depth": self.pred_depth, "proj_dim": self.proj_dim}
+        from sjalign.jepa.objectives import objective_class
+
+        declared = objective_class(self.objective).options
+        return {"objective": self.objective, "vit": dataclasses.asdict(self.vit), "pred_dim": self.pred_dim,
+                "pred_depth": self.pred_depth,
+                **{k: v for k, v in self.options.items() if declared[k].architecture}}

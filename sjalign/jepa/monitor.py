@@ -128,20 +128,38 @@ def evaluate_encoder(encoder: nn.Module, eval_set: EvalSet, device: torch.device
     """
     t0 = time.perf_counter()
     test = embed_images(encoder, eval_set.test_images, device)  # (n_te, D)
-    finite = bool(np.isfinite(test).all())
-    out: dict[str, Any] = {"knn_acc": None, "probe_acc": None,
-                           "rankme": rankme(test) if finite else float("nan"),
-                           "participation_ratio": participation_ratio(test) if finite else float("nan"),
-                           "n_train": int(eval_set.train_images.shape[0]), "n_test": int(test.shape[0])}
-    if eval_set.labelled:
-        train = embed_images(encoder, eval_set.train_images, device)  # (n_tr, D)
-        if finite and np.isfinite(train).all():
-            out["knn_acc"] = knn_accuracy(train, eval_set.train_labels, test, eval_set.test_labels,
-                                          k=KNN_K, temperature=KNN_TEMPERATURE)
-            out["probe_acc"] = linear_probe_accuracy(train, eval_set.train_labels, test, eval_set.test_labels)
-        else:
-            out["knn_acc"] = out["probe_acc"] = float("nan")
+    train = embed_images(encoder, eval_set.train_images, device) if eval_set.labelled else None  # (n_tr, D)
+    out = score_latents(train, eval_set.train_labels, test, eval_set.test_labels)
+    out["n_train"] = int(eval_set.train_images.shape[0])
     out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def score_latents(train: np.ndarray | None, train_labels: np.ndarray | None, test: np.ndarray,
+                  test_labels: np.ndarray | None) -> dict[str, Any]:
+    """The online evaluation's figures of given latents (also what ``benchmarks/objectives.py`` reports).
+
+    Args:
+        train: (n_tr, d) latents the probe and kNN are fitted on, or None (ranks only).
+        train_labels: (n_tr,) int64, or None.
+        test: (n_te, d) held-out latents.
+        test_labels: (n_te,) int64, or None.
+
+    Returns:
+        ``{"knn_acc", "probe_acc", "rankme", "participation_ratio", "n_test"}``: RankMe and the
+        participation ratio of ``test``; the accuracies None without labels (or without
+        ``train``); every figure NaN when a latent is not finite.
+    """
+    nan = float("nan")
+    finite = bool(np.isfinite(test).all()) and (train is None or bool(np.isfinite(train).all()))
+    out: dict[str, Any] = {"knn_acc": None, "probe_acc": None,
+                           "rankme": rankme(test) if finite else nan,
+                           "participation_ratio": participation_ratio(test) if finite else nan,
+                           "n_test": int(test.shape[0])}
+    if train is not None and train_labels is not None and test_labels is not None:
+        out["knn_acc"] = knn_accuracy(train, train_labels, test, test_labels, k=KNN_K,
+                                      temperature=KNN_TEMPERATURE) if finite else nan
+        out["probe_acc"] = linear_probe_accuracy(train, train_labels, test, test_labels) if finite else nan
     return out
 
 
@@ -152,4 +170,4 @@ def non_finite(figures: dict[str, Any]) -> list[str]:
 
 
 __all__ = ["DEFAULT_EVAL_STATES", "EVAL_BANK_CAP", "EvalSet", "embed_images", "evaluate_encoder", "non_finite",
-           "pick_eval_rows"]
+           "pick_eval_rows", "score_latents"]

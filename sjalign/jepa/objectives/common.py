@@ -9,28 +9,95 @@ batch (:func:`batch_shared`), free on the CPU, and read back with ``field[0]``.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
 import torch
 from torch import nn
 
 from sjalign.jepa.vit import VisionTransformer
 
 
+@dataclass(frozen=True)
+class ObjectiveOption:
+    """One hyper-parameter of an objective, declared in the objective's class (``options``).
+
+    The config (``PretrainConfig.options``), the command line (``--reg-weight`` for
+    ``reg_weight``) and ``sjalign objectives`` read its default, type and help from here.
+
+    Attributes:
+        default: the value used when none is given (its type is the option's type: int,
+            float, or a tuple of floats written ``1,2,3`` on the command line).
+        help: one line for ``sjalign objectives``.
+        check: value -> a problem sentence ("must be >= 1, got 0"), or None when fine.
+        architecture: the option changes the weights' shapes (compared on ``--resume``).
+    """
+
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None
+    architecture: bool = False
+
+    def parse(self, text: str) -> Any:
+        """The option's value from command-line text.
+
+        Raises:
+            ValueError: text that is not of the option's type.
+        """
+        if isinstance(self.default, tuple):
+            values = tuple(float(v) for v in text.split(","))
+            if len(values) != len(self.default):
+                raise ValueError(f"expected {len(self.default)} comma-separated numbers")
+            return values
+        return type(self.default)(text)
+
+    def coerce(self, value: Any) -> Any:
+        """A value read back from JSON in the option's type (lists become tuples)."""
+        if isinstance(self.default, tuple):
+            return tuple(float(v) for v in value)
+        if isinstance(self.default, float) and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+
+def at_least(low: float, *, integer: bool = False, strict: bool = False) -> Callable[[Any], str | None]:
+    """A check: a finite number >= ``low`` (> ``low`` when ``strict``)."""
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if strict else value >= low)
+        if ok and (not integer or float(value).is_integer()):
+            return None
+        kind = "an integer" if integer else "a finite number"
+        return f"must be {kind} {'>' if strict else '>='} {low:g}, got {value}"
+    return check
+
+
 class Objective(nn.Module):
     """Base of every objective: the parts of the trainer's contract most objectives share.
 
-    Subclasses set ``name`` and ``export_prefix`` (the submodule ``sjalign embed`` uses) and
-    write ``from_config``, ``sample_masks`` and ``forward``; ``forward`` leaves each loss term,
+    Subclasses set ``name``, ``export_prefix`` (the submodule ``sjalign embed`` uses), their
+    ``options`` (hyper-parameters with defaults and help) and ``recipe`` (training defaults
+    such as ``lr`` and ``epochs`` that differ from :class:`~sjalign.jepa.config.PretrainConfig`'s),
+    and write ``from_config``, ``sample_masks`` and ``forward``; ``forward`` leaves each loss term,
     detached, in ``self.last_terms`` (the trainer logs their epoch means); an EMA objective
     overrides :meth:`after_step`.
     """
 
     name: str
     export_prefix: str = "encoder"
+    summary: ClassVar[str] = ""  # one line for `sjalign objectives`
+    options: ClassVar[dict[str, ObjectiveOption]] = {}  # its hyper-parameters (see ObjectiveOption)
+    recipe: ClassVar[dict[str, Any]] = {}  # its training defaults (lr, epochs, ...), over PretrainConfig's
     last_terms: dict[str, torch.Tensor]  # the last forward's loss terms, detached ({"pred": .., "sigreg": ..})
 
     def __init__(self) -> None:
         super().__init__()
         self.last_terms = {}
+
+    @classmethod
+    def config_problems(cls, options: dict[str, Any], vit) -> list[str]:
+        """Problems of option values that depend on each other or on the architecture (none by default)."""
+        return []
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters updated by the optimizer (an EMA target has ``requires_grad`` off)."""
@@ -88,4 +155,4 @@ def block_major(x: torch.Tensor, num_blocks: int) -> torch.Tensor:
     return x.reshape(B, num_blocks, MT // num_blocks, D).transpose(0, 1).reshape(-1, MT // num_blocks, D)
 
 
-__all__ = ["MLPHead", "Objective", "batch_shared", "block_major"]
+__all__ = ["MLPHead", "Objective", "ObjectiveOption", "at_least", "batch_shared", "block_major"]

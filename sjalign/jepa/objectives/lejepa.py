@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from sjalign.jepa.objectives.augment import augment_views, sample_aug_params
-from sjalign.jepa.objectives.common import Objective, batch_shared
+from sjalign.jepa.objectives.common import Objective, ObjectiveOption, at_least, batch_shared
 from sjalign.jepa.objectives.losses import random_directions, sigreg
 from sjalign.jepa.vit import VisionTransformer, ViTConfig
 
@@ -92,14 +92,24 @@ class LeJEPA(Objective):
 
     name = "lejepa"
     export_prefix = "encoder"
+    summary = "V augmented views predict their mean + λ·SIGReg on the projections (no EMA, no stop-gradient)"
+    recipe = {"lr": 1e-3, "epochs": 4}  # ~10 min for 8,572 images on two CPU cores (README: Does it learn?)
+    options = {
+        "reg_weight": ObjectiveOption(0.02, "weight λ of SIGReg; L = (1 − λ)·pred + λ·SIGReg", at_least(0)),
+        "num_slices": ObjectiveOption(256, "random 1-D projections of SIGReg per step", at_least(1, integer=True)),
+        "num_views": ObjectiveOption(4, "augmented views per image", at_least(2, integer=True)),
+        "proj_dim": ObjectiveOption(16, "projector output width (SIGReg acts on it)", at_least(1, integer=True),
+                                    architecture=True),
+    }
 
     def __init__(self, vit: ViTConfig, *, reg_weight: float = 0.02, num_slices: int = 256, num_views: int = 4,
                  proj_dim: int = 16, proj_hidden: int = 512) -> None:
         super().__init__()
-        self.reg_weight, self.num_slices, self.num_views, self.proj_dim = reg_weight, num_slices, num_views, proj_dim
+        self.reg_weight, self.num_slices, self.num_views = reg_weight, num_slices, num_views
         self.img_size = (vit.img_size, vit.img_size)
         self.encoder = VisionTransformer(vit)
         self.projector = projector(vit.embed_dim, proj_hidden, proj_dim)
+        self.proj_dim = proj_dim
 
     @classmethod
     def from_config(cls, config) -> "LeJEPA":
