@@ -1,17 +1,19 @@
 """The Social-JEPA demo on real Fashion-MNIST: do two independently trained JEPAs share one latent space?
 
-Two I-JEPA encoders are trained *independently* on two views of the same states that
-share few pixels (``crop:top`` keeps rows 0-15, ``crop:bottom`` rows 12-27), each is
-embedded, a ridge map A -> B is fitted on the official train split and scored on the
-official test split beside three controls: the shuffled-pair null, raw pixels of the two
-views, and randomly initialised encoders of the same architecture. Finally a linear probe
-trained on A is moved to B through the map with zero gradient steps.
+Two LeJEPA encoders (the objective that learns at this budget, README "Does it learn?") are
+trained *independently* (different seeds, no shared parameters) on two views of the same states
+that share **no pixel**: ``crop:top:0.5`` keeps rows 0-13, ``crop:bottom:0.5`` rows 14-27. Each is
+embedded, a ridge map A -> B is fitted on the official train split and scored on the official
+test split beside four controls: the shuffled-pair null, raw pixels of the two views, and
+untrained encoders of the same architecture, both with the trained models' own seeds (their
+epoch-0 weights) and with other seeds. A linear probe trained on A is moved to B through the map
+with zero gradient steps, for the trained and for the untrained pair.
 
 Every step is a real ``sjalign`` command (printed before it runs); every artifact lands
 under ``--out``::
 
-    python examples/demo.py --out runs/demo            # about 7 minutes on 2 CPU cores
-    python examples/demo.py --out runs/big --max-states 70000 --epochs 20   # the full dataset
+    python examples/demo.py --out runs/demo            # about 10 minutes on 2 CPU cores
+    python examples/demo.py --out runs/big --max-states 70000 --epochs 20 --num-views 4   # the full dataset
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-VIEWS = {"a": "crop:top", "b": "crop:bottom"}
+VIEWS = {"a": "crop:top:0.5", "b": "crop:bottom:0.5"}
 SUMMARY_KEYS = ("r2", "cka", "dsc", "nos@10", "retrieval@1", "kappa")
+ROWS = (("trained", "LeJEPA, trained"), ("null", "shuffled-pair null"), ("pixels", "raw pixels"),
+        ("same_seed", "untrained, same seeds"), ("other_seed", "untrained, other seeds"))
 
 
 def sh(*args: object, capture: bool = False) -> str:
@@ -41,8 +45,9 @@ def sh(*args: object, capture: bool = False) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (must not exist or be empty)")
-    parser.add_argument("--max-states", type=int, default=10000, help="Fashion-MNIST states used (train and test in proportion)")
-    parser.add_argument("--epochs", type=int, default=4, help="pretraining epochs per encoder")
+    parser.add_argument("--max-states", type=int, default=8000, help="Fashion-MNIST states used (train and test in proportion)")
+    parser.add_argument("--epochs", type=int, default=2, help="pretraining epochs per encoder")
+    parser.add_argument("--num-views", type=int, default=2, help="LeJEPA's augmented views per image (its recipe: 4)")
     parser.add_argument("--model", default="vit_tiny", help="ViT preset")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -53,35 +58,39 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     n = args.max_states
+    data = ("--dataset", "fashion-mnist", "--max-states", n)
 
     for side, view in VIEWS.items():
         seed = args.seed + (0 if side == "a" else 1)  # independent models: different seeds, different views
-        sh("pretrain", "--dataset", "fashion-mnist", "--view", view, "--model", args.model, "--epochs", args.epochs,
-           "--max-states", n, "--seed", seed, "-o", out / f"jepa_{side}")
-        sh("pretrain", "--dataset", "fashion-mnist", "--view", view, "--model", args.model, "--epochs", 0,
-           "--max-states", n, "--seed", seed + 100, "-o", out / f"random_{side}")
-        for kind in ("jepa", "random"):
-            sh("embed", "--encoder", f"jepa:{out / f'{kind}_{side}'}", "--dataset", "fashion-mnist", "--view", view,
-               "--max-states", n, "-o", out / f"{kind}_{side}.safetensors")
-        sh("embed", "--encoder", "pixels", "--dataset", "fashion-mnist", "--view", view, "--max-states", n,
-           "-o", out / f"pixels_{side}.safetensors")
+        common = ("pretrain", *data, "--view", view, "--model", args.model, "--objective", "lejepa")
+        sh(*common, "--num-views", args.num_views, "--epochs", args.epochs, "--seed", seed,
+           "--eval-every", args.epochs, "-o", out / f"trained_{side}")  # scored at epoch 0 and at the end
+        sh(*common, "--epochs", 0, "--seed", seed, "--eval-every", 0, "-o", out / f"same_seed_{side}")
+        sh(*common, "--epochs", 0, "--seed", seed + 100, "--eval-every", 0, "-o", out / f"other_seed_{side}")
+        for kind in ("trained", "same_seed", "other_seed"):
+            sh("embed", "--encoder", f"jepa:{out / f'{kind}_{side}'}", *data, "--view", view,
+               "-o", out / f"{kind}_{side}.safetensors")
+        sh("embed", "--encoder", "pixels", *data, "--view", view, "-o", out / f"pixels_{side}.safetensors")
 
-    results = {}
-    for kind in ("jepa", "pixels", "random"):
+    results, probes = {}, {}
+    for kind in ("trained", "pixels", "same_seed", "other_seed"):
         a, b = out / f"{kind}_a.safetensors", out / f"{kind}_b.safetensors"
         sh("fit-map", a, b, "-o", out / f"map_{kind}.safetensors")
         sh("evaluate", a, b, "--map", out / f"map_{kind}.safetensors", "-o", out / f"metrics_{kind}.json")
         results[kind] = json.loads((out / f"metrics_{kind}.json").read_text())
-    probe = json.loads(sh("transfer-probe", out / "jepa_a.safetensors", out / "jepa_b.safetensors", "--map",
-                          out / "map_jepa.safetensors", "-o", out / "probe_a_to_b.safetensors", "--json",
-                          capture=True))
+        if kind in ("trained", "same_seed"):
+            probes[kind] = json.loads(sh("transfer-probe", a, b, "--map", out / f"map_{kind}.safetensors",
+                                         "-o", out / f"probe_{kind}.safetensors", "--json", capture=True))
     seconds = time.perf_counter() - t0
 
-    summary = {"views": VIEWS, "max_states": n, "epochs": args.epochs, "model": args.model, "seconds": seconds,
-               "n_train": results["jepa"]["n_train"], "n_test": results["jepa"]["n_test"],
-               "jepa": results["jepa"]["metrics"], "null": results["jepa"]["null"],
-               "pixels": results["pixels"]["metrics"], "random_init": results["random"]["metrics"],
-               "probe": probe}
+    online = {side: [r["eval"] for r in map(json.loads, (out / f"trained_{side}" / "log.jsonl").read_text().splitlines())
+                     if "eval" in r] for side in VIEWS}
+    summary = {"views": VIEWS, "max_states": n, "epochs": args.epochs, "num_views": args.num_views,
+               "objective": "lejepa", "model": args.model, "seconds": seconds,
+               "n_train": results["trained"]["n_train"], "n_test": results["trained"]["n_test"],
+               "trained": results["trained"]["metrics"], "null": results["trained"]["null"],
+               "pixels": results["pixels"]["metrics"], "same_seed": results["same_seed"]["metrics"],
+               "other_seed": results["other_seed"]["metrics"], "probe": probes, "online_eval": online}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
 
@@ -95,16 +104,22 @@ def print_summary(s: dict) -> None:
     table.add_column("")
     for key in SUMMARY_KEYS:
         table.add_column(key + (" ↓" if key.startswith(("nos", "kappa")) else " ↑"), justify="right")
-    for name, label in (("jepa", "I-JEPA"), ("null", "null"), ("pixels", "pixels"), ("random_init", "random ViT")):
+    for name, label in ROWS:
         table.add_row(label, *(f"{s[name][k]:.3g}" if s[name].get(k) is not None else "—" for k in SUMMARY_KEYS))
     console = Console(stderr=False, emoji=False)
     console.print(table)
-    console.print("null = the same map fitted on shuffled training pairs; pixels = raw pixels of the two views; "
-                  "random ViT = the same architecture, untrained (--epochs 0)")
-    p = s["probe"]
-    console.print(f"probe trained on A, moved to B with 0 gradient steps: {p['transferred_acc']:.3f} "
-                  f"(on A {p['source_acc']:.3f}, trained on B {p['target_acc']:.3f}, A-probe without map "
-                  f"{'—' if p['a_probe_acc'] is None else format(p['a_probe_acc'], '.3f')}, chance {p['chance']:.3f})")
+    console.print("null = the trained pair's map fitted on shuffled training pairs; pixels = raw pixels of the two "
+                  "views; untrained = the same architecture with no step taken (--epochs 0), with the trained "
+                  "models' seeds (their epoch-0 weights) or with other seeds")
+    for side, evals in s["online_eval"].items():
+        first, last = evals[0], evals[-1]
+        console.print(f"model {side.upper()} ({s['views'][side]}), held-out probe / kNN / RankMe: epoch 0 "
+                      f"{first['probe_acc']:.3f} / {first['knn_acc']:.3f} / {first['rankme']:.1f} -> epoch "
+                      f"{s['epochs']} {last['probe_acc']:.3f} / {last['knn_acc']:.3f} / {last['rankme']:.1f}")
+    for kind, label in (("trained", "trained"), ("same_seed", "untrained (same seeds)")):
+        p = s["probe"][kind]
+        console.print(f"{label}: probe trained on A, moved to B with 0 gradient steps: {p['transferred_acc']:.3f} "
+                      f"(on A {p['source_acc']:.3f}, trained on B {p['target_acc']:.3f}, chance {p['chance']:.3f})")
     console.print(f"demo finished in {s['seconds'] / 60:.1f} min; artifacts and summary.json are in the output folder")
 
 

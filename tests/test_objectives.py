@@ -427,12 +427,36 @@ def test_config_fills_defaults_and_refuses_inapplicable_options():
             tiny_config(**bad)
 
 
+def test_a_config_written_before_options_existed_still_reads():
+    legacy = {"objective": "lejepa", "reg_weight": 0.05, "num_slices": 256, "proj_dim": None, "temperature": None,
+              "rgg_p": None, "epochs": 2, "lr": 3e-4, "batch_size": 64}  # flat keys, None = not given
+    cfg = PretrainConfig.from_dict(legacy)
+    assert cfg.options == {"reg_weight": 0.05, "num_slices": 256, "num_views": 4, "proj_dim": 16}
+    assert cfg.reg_weight == 0.05 and cfg.temperature is None and cfg.epochs == 2
+    assert PretrainConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_objectives_listing(runner):
+    res = runner.invoke(app, ["objectives", "--json"])
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.stdout)["objectives"]
+    assert list(listed) == list(OBJECTIVES)
+    assert listed["lejepa"]["options"]["reg_weight"] == {"default": 0.02, "help": OBJECTIVES["lejepa"].options["reg_weight"].help}
+    assert listed["lejepa"]["recipe"]["lr"] == 1e-3 and listed["ijepa"]["recipe"]["lr"] == 3e-4
+    assert listed["cjepa"]["options"]["vicreg_coeffs"]["default"] == [25.0, 25.0, 1.0]
+    human = runner.invoke(app, ["objectives"])
+    assert "--temperature [0.5]" in human.output and "recipe:" in human.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["--objective", "byol"], "unknown objective 'byol' (available: ijepa, ae, cjepa, lejepa, lpjepa, mae, simclr)"),
     (["--objective", "mae", "--temperature", "0.1"], "--temperature applies to simclr only"),
     (["--reg-weight", "0.1"], "--reg-weight applies to lejepa, lpjepa only"),
     (["--objective", "mae", "--mask-ratio", "1.5"], "mask_ratio must be between 0 and 1, got 1.5"),
     (["--objective", "cjepa", "--vicreg-coeffs", "25,x,1"], "--vicreg-coeffs '25,x,1'"),
+    (["--objective", "cjepa", "--vicreg-coeffs", "25,1"], "--vicreg-coeffs '25,1': not a valid value (expected 3"),
+    (["--objective", "lejepa", "--num-views", "1"], "num_views must be an integer >= 2"),
+    (["--objective", "lejepa", "--num-views", "2.5"], "--num-views '2.5': not a valid value"),
 ])
 def test_cli_bad_objective_options(runner, tmp_path, args, message):
     out = tmp_path / "run"
@@ -441,6 +465,17 @@ def test_cli_bad_objective_options(runner, tmp_path, args, message):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--no-such-option", "1"], "No such option: --no-such-option"),
+    (["stray"], "Got unexpected extra argument (stray)"),
+    (["--reg-weight"], "requires a value"),
+])
+def test_cli_objective_option_usage_errors_exit_2(runner, tmp_path, args, message):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "--objective", "lejepa", "--epochs", "1", "-o", str(out), *args])
+    assert result.exit_code == 2 and message in result.output and not out.exists()
 
 
 def test_cli_pretrain_objective_happy_path(runner, tmp_path, fmnist):

@@ -53,13 +53,15 @@ def test_torchrun_two_ranks_agree_and_match_one_process(runner, tmp_path):
     init = build_objective(config).state_dict()
     assert not torch.equal(init["encoder.patch_embed.weight"], r0["encoder.patch_embed.weight"])
     assert not torch.equal(init["target_encoder.patch_embed.weight"], r0["target_encoder.patch_embed.weight"])
-    log2 = read_log(two)
-    assert len(log2) == 1 and torch.isfinite(torch.tensor(log2[0]["loss"]))
+    log2 = read_log(two)  # epoch 0 (the online evaluation, on rank 0 alone), then epoch 1
+    assert [r["epoch"] for r in log2] == [0, 1] and set(log2[0]["eval"]) >= {"probe_acc", "rankme"}
+    log2 = log2[1:]
+    assert torch.isfinite(torch.tensor(log2[0]["loss"]))
 
     # one process with the same global batch: the same steps up to float summation order
     res = runner.invoke(app, args + ["-o", str(one)])
     assert res.exit_code == 0, res.output
-    log1 = read_log(one)
+    log1 = read_log(one)[1:]
     assert log2[0]["loss"] == pytest.approx(log1[0]["loss"], rel=1e-5)
     assert log2[0]["flops"] == log1[0]["flops"] > 0  # global FLOPs: 2 ranks x half the batch
     single = tensors_of(one / "checkpoint.safetensors")

@@ -136,16 +136,18 @@ class PretrainConfig:
             object.__setattr__(self, "vit", PRESETS[self.model])
         check_objective_options(self.objective, dict(self.options))
         cls = objective_class(self.objective)
+        recipe, declared = getattr(cls, "recipe", {}), getattr(cls, "options", {})  # a duck-typed objective has neither
         for field, default in TRAINING_DEFAULTS.items():
             if getattr(self, field) is None:
-                object.__setattr__(self, field, cls.recipe.get(field, default))
+                object.__setattr__(self, field, recipe.get(field, default))
         object.__setattr__(self, "ema", tuple(float(m) for m in self.ema))
         options = {field: option.coerce(self.options[field]) if self.options.get(field) is not None else option.default
-                   for field, option in cls.options.items()}
+                   for field, option in declared.items()}
         object.__setattr__(self, "options", options)
-        problems = [f"{field} {problem}" for field, option in cls.options.items()
+        problems = [f"{field} {problem}" for field, option in declared.items()
                     if option.check is not None and (problem := option.check(options[field]))]
-        problems += cls.config_problems(options, self.vit) if not problems else []
+        if not problems and hasattr(cls, "config_problems"):
+            problems += cls.config_problems(options, self.vit)
         if self.epochs < 0:
             problems.append(f"epochs must be >= 0 (0 = the randomly initialised model), got {self.epochs}")
         if self.batch_size < 1:
@@ -232,7 +234,7 @@ class PretrainConfig:
         """The fields a checkpoint's weights depend on (compared on resume)."""
         from sjalign.jepa.objectives import objective_class
 
-        declared = objective_class(self.objective).options
+        declared = getattr(objective_class(self.objective), "options", {})
         return {"objective": self.objective, "vit": dataclasses.asdict(self.vit), "pred_dim": self.pred_dim,
                 "pred_depth": self.pred_depth,
                 **{k: v for k, v in self.options.items() if declared[k].architecture}}

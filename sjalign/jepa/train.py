@@ -354,7 +354,7 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
             momentum = model.after_step(step, total_steps)
             step += 1
             loss_sum += loss.detach()
-            for name, value in model.last_terms.items():  # detached, on the device: no sync
+            for name, value in getattr(model, "last_terms", {}).items():  # detached, on the device: no sync
                 term_sums[name] = term_sums.get(name, 0.0) + value.float()
             if on_step is not None and info.is_main:
                 img_s = (i + 1) * batch_size / max(time.perf_counter() - t_epoch, 1e-9)
