@@ -31,6 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
     (["--lr", "nan"], ["lr must be a finite number > 0"]),
     (["--objective", "mae", "--mask-ratio", "nan"], ["mask_ratio must be between 0 and 1"]),
     (["--objective", "lpjepa", "--rgg-p", "0.01"], ["rgg_p must be a finite number >= 0.1"]),
+    (["--eval-every", "-1"], ["--eval-every must be >= 0"]),
+    (["--eval-states", "0"], ["--eval-states must be >= 1"]),
 ])
 def test_bad_input_exits_1_with_one_line_and_no_run_folder(runner, tmp_path, args, needles):
     out = tmp_path / "run"

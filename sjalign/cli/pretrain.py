@@ -248,7 +248,8 @@ def pretrain_command(
             resumed = f", resuming after epoch {run['start_epoch']}" if run["resumed"] else ""
             console.print(f"pretrain {objective} {model} on {dataset} view {view}: {len(images)} states, "
                           f"{config.epochs} epoch(s) on {run['device']}{procs}{resumed} -> {output}")
-        progress.start()
+        if run["total_steps"] > run["start_epoch"] * run["steps_per_epoch"]:  # no bar for a run with no step to take
+            progress.start()
 
     def on_step(step: int, total: int, loss: float, img_s: float) -> None:
         progress.update(task, completed=step, total=total, loss=loss, ips=img_s)
@@ -256,6 +257,7 @@ def pretrain_command(
     def on_epoch(record: dict) -> None:
         if "eval" in record:
             progress.update(task, eval="  " + eval_line(record["eval"]))
+        if eval_set is not None:  # the picture of the log so far (loss terms every epoch, figures when scored)
             write_curves(output, read_log(output) if record["epoch"] else [record],
                          title=f"{objective} {model} on {dataset} view {view}")
         progress.update(task, flops=float(record["flops"]))
