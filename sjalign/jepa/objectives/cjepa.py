@@ -105,9 +105,8 @@ class CJEPA(IJEPA):
     }
 
     def __init__(self, vit: ViTConfig, *, pred_dim: int = 64, pred_depth: int = 2,
-                 ema: tuple[float, float] = (0.996, 1.0), proj_dim: int = 256, vicreg_weight: float = 0.001,
-                 vicreg_coeffs: tuple[float, float, float] = (25.0, 25.0, 1.0),
-                 masks: MaskConfig = MaskConfig()) -> None:
+                 ema: tuple[float, float] = (0.996, 1.0), proj_dim: int, vicreg_weight: float,
+                 vicreg_coeffs: tuple[float, float, float], masks: MaskConfig = MaskConfig()) -> None:
         super().__init__(vit, pred_dim=pred_dim, pred_depth=pred_depth, ema=ema, masks=masks)
         self.vicreg_weight, self.vicreg_coeffs = vicreg_weight, tuple(vicreg_coeffs)
         self.vicreg_head = MLPHead(vit.embed_dim, proj_dim, proj_dim)

@@ -102,8 +102,8 @@ class LeJEPA(Objective):
                                     architecture=True),
     }
 
-    def __init__(self, vit: ViTConfig, *, reg_weight: float = 0.02, num_slices: int = 256, num_views: int = 4,
-                 proj_dim: int = 16, proj_hidden: int = 512) -> None:
+    def __init__(self, vit: ViTConfig, *, reg_weight: float, num_slices: int, num_views: int, proj_dim: int,
+                 proj_hidden: int = 512) -> None:
         super().__init__()
         self.reg_weight, self.num_slices, self.num_views = reg_weight, num_slices, num_views
         self.img_size = (vit.img_size, vit.img_size)

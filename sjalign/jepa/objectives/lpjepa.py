@@ -95,8 +95,8 @@ class LpJEPA(Objective):
                                     architecture=True),
     }
 
-    def __init__(self, vit: ViTConfig, *, proj_dim: int = 512, reg_weight: float = 10.0, num_slices: int = 256,
-                 rgg_p: float = 1.0, num_views: int = 2) -> None:
+    def __init__(self, vit: ViTConfig, *, proj_dim: int, reg_weight: float, num_slices: int, rgg_p: float,
+                 num_views: int) -> None:
         super().__init__()
         self.reg_weight, self.num_slices, self.rgg_p, self.num_views = reg_weight, num_slices, rgg_p, num_views
         self.img_size, self.proj_dim = (vit.img_size, vit.img_size), proj_dim

@@ -80,7 +80,7 @@ class MAE(Objective):
             return [f"mask_ratio {r} must mask at least one and keep at least one of the {n} patches"]
         return []
 
-    def __init__(self, vit: ViTConfig, *, dec_dim: int = 64, dec_depth: int = 2, mask_ratio: float = 0.75) -> None:
+    def __init__(self, vit: ViTConfig, *, dec_dim: int = 64, dec_depth: int = 2, mask_ratio: float) -> None:
         super().__init__()
         self.patch_size, self.mask_ratio = vit.patch_size, mask_ratio
         self.encoder = VisionTransformer(vit)

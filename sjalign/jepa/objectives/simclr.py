@@ -45,7 +45,7 @@ class SimCLR(Objective):
         "proj_dim": ObjectiveOption(256, "projection head width", at_least(1, integer=True), architecture=True),
     }
 
-    def __init__(self, vit: ViTConfig, *, proj_dim: int = 256, temperature: float = 0.5) -> None:
+    def __init__(self, vit: ViTConfig, *, proj_dim: int, temperature: float) -> None:
         super().__init__()
         self.temperature, self.img_size = temperature, (vit.img_size, vit.img_size)
         self.encoder = VisionTransformer(vit)
