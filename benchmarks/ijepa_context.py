@@ -20,7 +20,6 @@ import argparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def main() -> None:
@@ -28,7 +27,6 @@ def main() -> None:
     from sjalign.data.selection import Subset
     from sjalign.jepa import build_objective, load_checkpoint
     from sjalign.jepa.objectives.ijepa import ijepa_loss
-    from sjalign.jepa.vit import gather_tokens
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
@@ -49,16 +47,10 @@ def main() -> None:
     with torch.no_grad():
         for _ in range(args.draws):
             masks = model.sample_masks(len(x), generator)
-            B, M, T = masks.targets.shape
-            targets = masks.targets.transpose(0, 1).reshape(M * B, T)  # (M*B, T), block-major
-            s = model.target_encoder(x)
-            s = F.layer_norm(s, s.shape[-1:])
-            s = gather_tokens(s, masks.targets.reshape(B, M * T)).reshape(B, M, T, -1).transpose(0, 1)
-            s = s.reshape(M * B, T, -1)  # (M*B, T, D)
+            s = model.target_tokens(x, masks.targets)  # (M*B, T, D), the training targets
             for name, images in contexts.items():
-                z = model.encoder(images, keep=masks.context)  # (B, Kc, D)
-                pred = model.predictor(z.repeat(M, 1, 1), masks.context.repeat(M, 1), targets)
-                losses[name].append(ijepa_loss(pred, s).item())
+                z = model.encoder(images, keep=masks.context)  # (B, Kc, D), same positions
+                losses[name].append(ijepa_loss(model.predict(z, masks.context, masks.targets), s).item())
     zero = ijepa_loss(torch.zeros_like(s), s).item()
     print(f"{args.run}: prediction loss (smooth L1, held-out images) with the image's own context "
           f"{np.mean(losses['own']):.4f}, another image's {np.mean(losses['other']):.4f}, a blank image's "

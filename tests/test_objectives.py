@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import optimize, stats
 
 from sjalign.cli.app import app
@@ -145,6 +146,21 @@ def test_vicreg_terms_match_reference():
     got = vicreg_terms(torch.tensor(views, dtype=torch.float32))
     for value, ref in zip(got, vicreg_reference(views)):
         assert value.item() == pytest.approx(ref, rel=1e-4, abs=1e-6)
+
+
+def test_view_invariances_match_pairwise_mse():
+    from sjalign.jepa.objectives.lejepa import view_invariance
+    from sjalign.jepa.objectives.lpjepa import pairwise_invariance
+
+    z = torch.randn(3, 5, 4, generator=gen(21))
+    pairs = [F.mse_loss(z[v], z[w]) for v in range(3) for w in range(3) if v != w]
+    assert pairwise_invariance(z).item() == pytest.approx(float(sum(pairs)) / 6, rel=1e-6)
+    assert pairwise_invariance(z[:2]).item() == pytest.approx(F.mse_loss(z[0], z[1]).item(), rel=1e-6)
+    assert view_invariance(z).item() == pytest.approx(((z - z.mean(0)) ** 2).mean().item(), rel=1e-6)
+    assert view_invariance(z[:1].expand(3, 5, 4)).item() == pytest.approx(0.0, abs=1e-12)  # identical views
+    for bad in (z[:1], z[0]):
+        with pytest.raises(ValueError, match="V >= 2"):
+            pairwise_invariance(bad)
 
 
 def test_vicreg_planted_cases():

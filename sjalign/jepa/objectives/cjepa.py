@@ -26,13 +26,12 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from sjalign.jepa.masks import MaskConfig, _place_blocks, keep_k_indices, sample_block_size, sample_masks
-from sjalign.jepa.objectives.common import MLPHead, ObjectiveOption, at_least, block_major
+from sjalign.jepa.objectives.common import MLPHead, ObjectiveOption, at_least
 from sjalign.jepa.objectives.ijepa import IJEPA, ijepa_loss
 from sjalign.jepa.objectives.losses import vicreg_terms
-from sjalign.jepa.vit import ViTConfig, gather_tokens
+from sjalign.jepa.vit import ViTConfig
 
 
 class TwoContextMasks(NamedTuple):
@@ -135,17 +134,11 @@ class CJEPA(IJEPA):
             () scalar loss; ``self.last_terms`` keeps the detached ``pred``, ``inv``, ``var``
             and ``cov`` terms.
         """
-        B, M, T = masks.targets.shape
-        targets = masks.targets.transpose(0, 1).reshape(M * B, T)  # (M*B, T), block-major
-        with torch.no_grad():
-            s = self.target_encoder.forward_features(images)  # (B, N, D)
-            s = F.layer_norm(s, s.shape[-1:])
-            s = block_major(gather_tokens(s, masks.targets.reshape(B, M * T)), M)  # (M*B, T, D)
+        s = self.target_tokens(images, masks.targets)  # (M*B, T, D)
         preds, pooled = [], []
         for ctx in (masks.context, masks.context2):
             z = self.encoder(images, keep=ctx)  # (B, K, D)
-            pred = self.predictor(z.repeat(M, 1, 1), ctx.repeat(M, 1), targets)  # (M*B, T, D)
-            preds.append(ijepa_loss(pred, s))
+            preds.append(ijepa_loss(self.predict(z, ctx, masks.targets), s))
             pooled.append(z.mean(1))  # (B, D)
         pred_loss = (preds[0] + preds[1]) / 2
         inv, var, cov = vicreg_terms(torch.stack([self.vicreg_head(v) for v in pooled]))  # views (2, B, P)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sjalign.jepa.masks import MaskConfig, Masks, sample_masks
-from sjalign.jepa.objectives.common import Objective
+from sjalign.jepa.objectives.common import Objective, block_major
 from sjalign.jepa.vit import Predictor, VisionTransformer, ViTConfig, gather_tokens
 
 
@@ -111,6 +111,37 @@ class IJEPA(Objective):
         """Multi-block masks for one batch (drawn on the CPU)."""
         return sample_masks(batch_size, self.grid, self.mask_config, generator=generator)
 
+    @torch.no_grad()
+    def target_tokens(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The stop-gradient targets s = LN(f_target(x))[targets], block-major.
+
+        Args:
+            images: (B, C, H, W) images.
+            targets: (B, M, T) target-block patch indices.
+
+        Returns:
+            (M·B, T, D) layer-normed EMA target tokens, block m of every image before block m + 1.
+        """
+        B, M, T = targets.shape
+        s = self.target_encoder.forward_features(images)  # (B, N, D)
+        s = F.layer_norm(s, s.shape[-1:])
+        return block_major(gather_tokens(s, targets.reshape(B, M * T)), M)  # (M*B, T, D)
+
+    def predict(self, z: torch.Tensor, context: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The predictor's tokens ŝ = g(z, context positions, target positions), block-major.
+
+        Args:
+            z: (B, Kc, D) context-encoder tokens of the context patches.
+            context: (B, Kc) their patch indices.
+            targets: (B, M, T) target-block patch indices.
+
+        Returns:
+            (M·B, T, D), in the order of :meth:`target_tokens`.
+        """
+        B, M, T = targets.shape
+        flat = targets.transpose(0, 1).reshape(M * B, T)  # (M*B, T), block-major
+        return self.predictor(z.repeat(M, 1, 1), context.repeat(M, 1), flat)
+
     def forward(self, images: torch.Tensor, masks: Masks) -> torch.Tensor:
         """I-JEPA loss of one batch.
 
@@ -121,16 +152,9 @@ class IJEPA(Objective):
         Returns:
             () scalar loss; ``self.last_terms`` keeps it as the detached ``pred`` term.
         """
-        B, M, T = masks.targets.shape
-        targets = masks.targets.transpose(0, 1).reshape(M * B, T)  # (M*B, T), block-major
-        with torch.no_grad():
-            s = self.target_encoder.forward_features(images)  # (B, N, D)
-            s = F.layer_norm(s, s.shape[-1:])
-            s = gather_tokens(s, masks.targets.reshape(B, M * T))  # (B, M*T, D)
-            s = s.reshape(B, M, T, -1).transpose(0, 1).reshape(M * B, T, -1)  # (M*B, T, D), block-major
+        s = self.target_tokens(images, masks.targets)  # (M*B, T, D)
         z = self.encoder(images, keep=masks.context)  # (B, Kc, D)
-        pred = self.predictor(z.repeat(M, 1, 1), masks.context.repeat(M, 1), targets)  # (M*B, T, D)
-        loss = ijepa_loss(pred, s)
+        loss = ijepa_loss(self.predict(z, masks.context, masks.targets), s)
         self.last_terms = {"pred": loss.detach()}
         return loss
 

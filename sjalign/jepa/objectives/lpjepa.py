@@ -28,7 +28,7 @@ import torch
 
 from sjalign.jepa.objectives.augment import augment_views, sample_aug_params
 from sjalign.jepa.objectives.common import Objective, ObjectiveOption, at_least, batch_shared
-from sjalign.jepa.objectives.lejepa import projector
+from sjalign.jepa.objectives.lejepa import projector, view_invariance
 from sjalign.jepa.objectives.losses import random_directions, rdmreg, sample_rgg
 from sjalign.jepa.vit import VisionTransformer, ViTConfig
 
@@ -58,13 +58,14 @@ def pairwise_invariance(z: torch.Tensor) -> torch.Tensor:
 
     Returns:
         () float32 loss.
+
+    Raises:
+        ValueError: ``z`` not (V, B, P) with V >= 2 (from :func:`~sjalign.jepa.objectives.lejepa.view_invariance`).
     """
-    if z.ndim != 3 or z.shape[0] < 2:
-        raise ValueError(f"pairwise_invariance expects (V, B, P) with V >= 2, got {tuple(z.shape)}")
+    centre = view_invariance(z)  # checks the shape first
     V = z.shape[0]
-    z = z.float()
     # Σ_{v≠w} mean (z_v − z_w)² = 2V · Σ_v mean (z_v − z̄)², over V(V−1) ordered pairs
-    return 2.0 * (z - z.mean(0, keepdim=True)).square().mean(dim=(1, 2)).sum() / (V - 1)
+    return 2.0 * V / (V - 1) * centre
 
 
 class LpJEPA(Objective):
