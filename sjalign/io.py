@@ -5,20 +5,19 @@ Never unpickles: every file sjalign reads or writes is safetensors.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from sjalign import __version__
 from sjalign.errors import FileFormatError, ShapeError, SjalignError
+from sjalign.outputs import atomic_file, atomic_write_bytes, check_output  # noqa: F401 - re-exported
 
 # Files sjalign never loads (pickled PyTorch / NumPy checkpoints); named in error messages.
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pkl", ".ckpt", ".pickle")
@@ -105,51 +104,18 @@ def hash_files_in_background(paths: Sequence[str | os.PathLike]) -> BackgroundHa
     return BackgroundHashes(paths)
 
 
-def check_output(path: str | os.PathLike, force: bool) -> Path:
-    """Refuse to overwrite an existing output unless ``force``; check its folder exists.
-
-    Raises:
-        SjalignError: the file exists (and not ``force``) or its folder is missing.
-    """
-    path = Path(path)
-    if path.exists() and not force:
-        raise SjalignError(f"{path}: output already exists (use --force to overwrite)")
-    if not path.parent.exists():
-        raise SjalignError(f"{path}: output folder {path.parent} does not exist")
-    return path
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary file to write ``path`` through: a temp file beside it, fsynced and ``os.replace``-d
-    into place when the block ends, removed (``path`` untouched) when the block raises."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then ``os.replace`` it into place."""
-    with atomic_file(path) as f:
-        f.write(data)
-
-
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str],
                       *, force: bool = False) -> Path:
-    """Atomically write numpy arrays as a safetensors file with str -> str metadata."""
+    """Atomically write numpy arrays as a safetensors file with str -> str metadata.
+
+    Without ``force`` an output that exists, or appears while the file is written, is refused
+    (:func:`sjalign.outputs.publish`).
+    """
     from safetensors.numpy import save
 
     path = check_output(path, force)
     arrays = {k: np.require(v, requirements="C") for k, v in tensors.items()}  # keeps 0-d arrays 0-d
-    atomic_write_bytes(path, save(arrays, metadata={k: str(v) for k, v in metadata.items()}))
+    atomic_write_bytes(path, save(arrays, metadata={k: str(v) for k, v in metadata.items()}), replace=force)
     return path
 
 
@@ -161,7 +127,7 @@ def write_safetensors_torch(path: str | os.PathLike, tensors: Mapping, metadata:
     path = check_output(path, force)
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                 metadata={k: str(v) for k, v in metadata.items()})
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, replace=force)
     return path
 
 
@@ -259,21 +225,28 @@ def validate_latents(lat: Latents) -> Latents:
 
 
 def load_latents(path: str | os.PathLike) -> Latents:
-    """Read and validate a latents file (SPEC §2, ``sjalign.format = latents/1``)."""
-    tensors, meta = read_safetensors(path, LATENTS_FORMAT)
-    for key in ("latents", "state_ids"):
-        if key not in tensors:
-            raise FileFormatError(f"{path}: missing tensor '{key}'")
-    lat = Latents(
-        latents=tensors["latents"].astype(np.float32, copy=False),
-        state_ids=tensors["state_ids"].astype(np.int64, copy=False),
-        labels=tensors["labels"].astype(np.int64) if "labels" in tensors else None,
-        split=tensors["split"].astype(np.uint8) if "split" in tensors else None,
-        metadata=meta,
-        path=Path(path),
-        layers={k[len("layer."):]: v.astype(np.float32, copy=False) for k, v in tensors.items()
-                if k.startswith("layer.")} or None,
-    )
+    """Read and validate a whole latents file (SPEC §2, ``sjalign.format = latents/1``).
+
+    The file meets the same contract as every lazily opened one
+    (:func:`sjalign.lazy_io.open_latents`: dtypes, ids, split, shapes); float16, bfloat16 and
+    float64 tensors are read as float32 (a float64 value beyond float32's range becomes Inf
+    and is refused with the rest of the non-finite values).
+
+    Raises:
+        FileFormatError / ShapeError / SjalignError: naming the file, the tensor and the problem.
+    """
+    import torch
+    from safetensors import safe_open
+
+    from sjalign.lazy_io import open_latents
+
+    lazy = open_latents(path)
+    keys = ("latents", *(f"layer.{name}" for name in lazy.layer_names))
+    with safe_open(str(lazy.path), framework="pt") as f, np.errstate(over="ignore"):
+        arrays = {k: f.get_tensor(k).to(torch.float32).numpy() for k in keys}
+    lat = Latents(latents=arrays["latents"], state_ids=lazy.state_ids, labels=lazy.labels, split=lazy.split,
+                  metadata=lazy.metadata, path=lazy.path,
+                  layers={name: arrays[f"layer.{name}"] for name in lazy.layer_names} or None)
     return validate_latents(lat)
 
 

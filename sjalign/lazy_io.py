@@ -23,6 +23,7 @@ from sjalign.io import LATENTS_FORMAT, Latents, all_unique, atomic_file, check_o
 DEFAULT_CHUNK_ROWS = 8192
 _NUMPY_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2")}
 _FLOAT_CODES = (*_NUMPY_DTYPES, "BF16")
+_INT_CODES = ("I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL")
 _HEADER_LIMIT = 100_000_000  # safetensors refuses larger headers too
 
 
@@ -51,6 +52,29 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise FileFormatError(f"{path}: not a valid safetensors file ({exc})") from None
     return header, 8 + size
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """A cheap identity of a latents file: SHA-256 of its safetensors header and its ``state_ids`` bytes.
+
+    The header holds every tensor's shape, dtype and offsets and the metadata (encoder, view,
+    command line, inputs' hashes), so two files that differ in origin or states differ here;
+    only the header and the ids are read (a few kB to MB), never the latents rows.
+
+    Raises:
+        FileFormatError: missing file or unreadable header.
+    """
+    import hashlib
+
+    header, data_start = read_header(path)
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())  # key order differs between writers
+    with open(path, "rb") as f:
+        ids = header.get("state_ids")
+        if isinstance(ids, dict) and isinstance(ids.get("data_offsets"), list) and len(ids["data_offsets"]) == 2:
+            begin, end = (int(v) for v in ids["data_offsets"])
+            f.seek(data_start + begin)
+            digest.update(f.read(max(end - begin, 0)))
+    return digest.hexdigest()
 
 
 @dataclass
@@ -180,15 +204,47 @@ def _copy_shifted(src: np.ndarray, out: np.ndarray, shift: np.ndarray | None) ->
         np.subtract(src, np.asarray(shift, dtype=out.dtype), out=out, casting="same_kind")
 
 
+def check_small_tensor(path, key: str, code: str, arr: np.ndarray | None) -> np.ndarray:
+    """The contract of a latents file's ``state_ids``, ``labels`` and ``split`` (SPEC §2), checked before any cast.
+
+    ``state_ids`` and ``labels``: integers (any width, signed or unsigned) that fit int64;
+    ``split``: integers or booleans holding only 0 (train) and 1 (test). A float, or a value a
+    cast would change (an int64 split of 256 would wrap to 0), is refused, never truncated.
+
+    Args:
+        code: the tensor's safetensors dtype code (``I64``, ``U8``, ``F32``, ...).
+        arr: the tensor as read (None when its dtype was not an integer one, so not read).
+
+    Returns:
+        (n,) int64 for ids and labels, (n,) uint8 for the split.
+
+    Raises:
+        FileFormatError: naming the file, the tensor and the problem.
+    """
+    if code not in _INT_CODES or arr is None:
+        raise FileFormatError(f"{path}: '{key}' must hold integers, found dtype {code}")
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise FileFormatError(f"{path}: '{key}' holds values above the int64 range")
+    if key == "split":
+        if not np.isin(arr, (0, 1)).all():
+            raise FileFormatError(f"{path}: 'split' must hold only 0 (train) and 1 (test)")
+        return arr.astype(np.uint8)
+    return arr.astype(np.int64, copy=False)
+
+
 def open_latents(path: str | os.PathLike) -> LazyLatents:
     """Open a latents file lazily: header, metadata and small tensors now, ``latents`` rows later.
 
-    Checks everything :func:`validate_latents` checks except finiteness of ``latents``
-    (see :meth:`LazyLatents.check_finite`).
+    This is the one contract every command's latents files meet (``load_latents`` reads
+    through it too): float16, bfloat16, float32 or float64 ``latents`` and ``layer.*`` tensors;
+    integer ``state_ids`` (unique) and ``labels``; a 0/1 ``split`` (:func:`check_small_tensor`);
+    consistent shapes. Finiteness of ``latents`` is checked when the rows are read
+    (:meth:`LazyLatents.check_finite`; ``load_latents`` does it).
 
     Raises:
-        FileFormatError: missing file, not safetensors, wrong ``sjalign.format``, missing tensors.
-        ShapeError / SjalignError: inconsistent shapes, a non-float ``latents``, duplicate ids, bad split.
+        FileFormatError: missing file, not safetensors, wrong ``sjalign.format``, missing tensors,
+            a tensor of the wrong dtype or values.
+        ShapeError / SjalignError: inconsistent shapes, duplicate ids.
     """
     from safetensors import safe_open
 
@@ -200,7 +256,8 @@ def open_latents(path: str | os.PathLike) -> LazyLatents:
         with safe_open(str(path), framework="numpy") as f:
             metadata = dict(f.metadata() or {})
             keys = set(f.keys())
-            small = {k: f.get_tensor(k) for k in ("state_ids", "labels", "split") if k in keys}
+            small = {k: f.get_tensor(k) for k in ("state_ids", "labels", "split")
+                     if k in keys and header.get(k, {}).get("dtype") in _INT_CODES}
     except Exception as exc:  # safetensors raises several types for a corrupt header
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FileFormatError(f"{path}: not a valid safetensors file ({reason})") from None
@@ -215,24 +272,24 @@ def open_latents(path: str | os.PathLike) -> LazyLatents:
     shape, dtype = tuple(info["shape"]), info["dtype"]
     if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
         raise ShapeError(f"{path}: 'latents' must be a non-empty (n, d) array, got shape {shape}")
-    if dtype not in _FLOAT_CODES:
-        raise FileFormatError(f"{path}: 'latents' must be floating point, found dtype {dtype}")
     n = shape[0]
+    layer_names = tuple(sorted(k[len("layer."):] for k in keys if k.startswith("layer.")))
+    for key in ("latents", *(f"layer.{name}" for name in layer_names)):
+        if header[key]["dtype"] not in _FLOAT_CODES:
+            raise FileFormatError(f"{path}: '{key}' must be float16, bfloat16, float32 or float64, "
+                                  f"found {header[key]['dtype']}")
+        lshape = tuple(header[key]["shape"])
+        if len(lshape) != 2 or lshape[0] != n or lshape[1] == 0:
+            raise ShapeError(f"{path}: '{key}' has shape {lshape}, expected ({n}, d)")
+    small = {key: check_small_tensor(path, key, header[key]["dtype"], small.get(key))
+             for key in ("state_ids", "labels", "split") if key in keys}
     for key, arr in small.items():
         if arr.shape != (n,):
             raise ShapeError(f"{path}: '{key}' has shape {arr.shape}, expected ({n},) to match 'latents'")
-    layer_names = tuple(sorted(k[len("layer."):] for k in keys if k.startswith("layer.")))
-    for name in layer_names:
-        lshape = tuple(header[f"layer.{name}"]["shape"])
-        if len(lshape) != 2 or lshape[0] != n:
-            raise ShapeError(f"{path}: 'layer.{name}' has shape {lshape}, expected ({n}, d)")
-    ids = small["state_ids"].astype(np.int64, copy=False)
+    ids = small["state_ids"]
     if not all_unique(ids):
         raise SjalignError(f"{path}: state ids are not unique")
-    split = small["split"].astype(np.uint8) if "split" in small else None
-    if split is not None and not np.isin(split, (0, 1)).all():
-        raise SjalignError(f"{path}: 'split' must hold only 0 (train) and 1 (test)")
-    labels = small["labels"].astype(np.int64) if "labels" in small else None
+    split, labels = small.get("split"), small.get("labels")
     return LazyLatents(path, metadata, ids, labels, split, (int(shape[0]), int(shape[1])), dtype,
                        data_start + int(info["data_offsets"][0]), layer_names)
 
@@ -391,7 +448,7 @@ def write_latents_stream(path: str | os.PathLike, blocks: Iterable[np.ndarray], 
     header["__metadata__"] = {k: str(v) for k, v in {**dict(metadata or {}), "sjalign.format": LATENTS_FORMAT}.items()}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    with atomic_file(path) as f:
+    with atomic_file(path, replace=force) as f:
         f.write(len(raw).to_bytes(8, "little") + raw)
         rows = 0
         for block in blocks:

@@ -65,8 +65,8 @@ def choose_split(pairs: Pairs, *, test_fraction: float = 0.2, seed: int = 0,
     """Train/test by state id: a map's recorded train ids, else the files' split, else a seeded draw.
 
     A files' split that holds only train (or only test) states, as ``embed --split train``
-    writes, cannot be used and gives way to the seeded draw; so does any files' split when
-    ``use_file_split`` is False (``evaluate --resplit``).
+    writes, cannot be used and gives way to the seeded draw, with a warning; any files' split
+    does when ``use_file_split`` is False (``evaluate --resplit``), silently.
 
     Raises:
         SjalignError: an empty side, or a map whose train ids are missing from the latents.
@@ -83,6 +83,11 @@ def choose_split(pairs: Pairs, *, test_fraction: float = 0.2, seed: int = 0,
         train = pairs.split == 0
         how, kind = "the files' split tensor", "file"
     else:
+        if use_file_split and pairs.split is not None:
+            side = "test" if pairs.split[0] else "train"
+            warnings.warn(f"the files' 'split' tensors mark all {len(pairs.split)} paired states as {side}, which "
+                          f"leaves nothing to {'fit' if side == 'test' else 'test'} on; using a seeded split by "
+                          f"state id instead (seed {seed}, test fraction {test_fraction})", stacklevel=2)
         train = random_split(pairs.state_ids, test_fraction, seed) == 0
         how = f"seeded by state id (seed {seed}, test fraction {test_fraction})"
         split_seed, fraction = seed, test_fraction

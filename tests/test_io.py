@@ -90,15 +90,17 @@ def test_bad_latents_files(tmp_path, problem):
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    import sjalign.io as io
+    import sjalign.outputs as outputs
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(io.os, "replace", boom)
-    with pytest.raises(RuntimeError):
-        write_safetensors(tmp_path / "x.safetensors", {"a": np.zeros(2)}, {})
-    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(outputs.os, "replace", boom)  # publishing with --force
+    monkeypatch.setattr(outputs.os, "link", boom)  # publishing without
+    for force in (False, True):
+        with pytest.raises(RuntimeError):
+            write_safetensors(tmp_path / "x.safetensors", {"a": np.zeros(2)}, {}, force=force)
+        assert list(tmp_path.iterdir()) == []
 
 
 def test_read_safetensors_never_unpickles(tmp_path):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sjalign.cli.common import ForceOpt, JsonOpt, OutOpt, cli_command, console, emit_json
+from sjalign.cli.common import ForceOpt, JsonOpt, OutOpt, StrictOpt, cli_command, console, emit_json
 
 
 @cli_command
@@ -17,6 +17,7 @@ def apply_map_command(
         metavar="A", help="Latents in the map's source space, or comma-separated shards of one latent set.")],
     output: OutOpt,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", min=1, help="Rows mapped per chunk.")] = 8192,
+    strict: StrictOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -24,6 +25,8 @@ def apply_map_command(
 
     Rows are read, mapped and written chunk by chunk, so A may be larger than memory. Several
     A files (shards) give one output file with their rows concatenated in the order given.
+    A comes from the map's A encoder (new states are fine); latents of another encoder, layer
+    or pooling than the map recorded get a warning (--strict: an error).
 
     Examples:
 
@@ -33,18 +36,20 @@ def apply_map_command(
     """
     import numpy as np
 
-    from sjalign.align import check_source, load_map
+    from sjalign.align import check_encoder, check_source, load_map
     from sjalign.cli.common import parse_latents_list
     from sjalign.errors import ShapeError, SjalignError
     from sjalign.io import check_output, provenance
     from sjalign.lazy_io import open_latents_set, write_latents_stream
 
-    check_output(output, force)
-    amap, meta = load_map(map_path)
     a_paths = parse_latents_list(a_arg, "A")
+    check_output(output, force, inputs=[map_path, *a_paths])
+    amap, meta = load_map(map_path)
     for p in a_paths:
         check_source(meta, map_path, p)
     a_set = open_latents_set(a_paths)
+    for shard in a_set.shards:
+        check_encoder(meta, map_path, shard.path, shard.metadata, strict=strict)
     if a_set.dim != amap.d_a:
         raise ShapeError(f"{map_path}: map expects source latents of dimension {amap.d_a}, "
                          f"but {a_set.name} has dimension {a_set.dim}")

@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -20,8 +21,23 @@ console = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (and nothing else there).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", help="Refuse a map used on other latents than it was fitted on (default: a warning).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (splits, shuffles, training).")]
-OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output file.", dir_okay=False)]
+class OutputPath(type(Path())):
+    """A Path that remembers whether the user typed it with a trailing separator (``-o newdir/``)."""
+
+    names_folder = False
+
+
+def output_path(text: str) -> Path:
+    """Typer parser of output paths: keeps the trailing-separator fact that ``Path(text)`` drops."""
+    path = OutputPath(text)
+    path.names_folder = text.endswith(("/", os.sep))
+    return path
+
+
+OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Output file.", parser=output_path)]
 DataDirOpt = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Folder of the dataset files (default: $SJALIGN_DATA, then system locations)."),
@@ -63,10 +79,14 @@ def cli_command(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         old = warnings.showwarning
         warnings.showwarning = _show_warning
+        old_handlers = _catch_signals()
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
+        except Terminated:
+            error_line("terminated (SIGTERM); nothing half-written was left behind")
+            raise typer.Exit(143) from None
         except SjalignError as exc:
             if debug():
                 raise
@@ -83,8 +103,32 @@ def cli_command(fn: Callable) -> Callable:
             raise typer.Exit(130) from None
         finally:
             warnings.showwarning = old
+            for signum, handler in old_handlers.items():
+                signal.signal(signum, handler)
 
     return wrapper
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that every ``except BaseException`` cleanup runs (as on Ctrl-C)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _catch_signals() -> dict:
+    """While a command runs: SIGTERM raises :class:`Terminated`, and SIGXFSZ (a file-size limit) is
+    ignored so that the write fails with EFBIG and is reported like a full disk instead of killing
+    the process. Returns the previous handlers (empty outside the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated)}
+    if hasattr(signal, "SIGXFSZ"):
+        old[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return {k: v for k, v in old.items() if v is not None}
 
 
 def _clean(obj: Any) -> Any:
@@ -163,3 +207,58 @@ def parse_latents_list(text: str | Path, what: str = "latents") -> list[Path]:
             raise SjalignError(f"{path}: listed twice in {what} '{text}'")
         seen.add(key)
     return paths
+
+
+# ---------------------------------------------------------------- options checked before any work
+
+MAX_IMAGE_SIZE = 4096  # pixels per side; 4096² × 3 float32 is 200 MB per image already
+
+
+def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``; else SjalignError "--flag 'x': use a, b or c"."""
+    if value not in choices:
+        raise SjalignError(f"{flag} '{value}': use {', '.join(choices[:-1])} or {choices[-1]}"
+                           if len(choices) > 1 else f"{flag} '{value}': use {choices[0]}")
+    return value
+
+
+def check_fraction(flag: str, value: float) -> float:
+    """A fraction strictly between 0 and 1 (NaN refused); else SjalignError naming the flag."""
+    if not (0.0 < value < 1.0):
+        raise SjalignError(f"{flag} {value}: must be a number strictly between 0 and 1")
+    return value
+
+
+def check_device(value: str) -> str:
+    """A device name sjalign can use here (auto, cpu, cuda, cuda:N); else SjalignError (see ``resolve_device``)."""
+    from sjalign.device import resolve_device
+
+    resolve_device(value)
+    return value
+
+
+def check_image_size(value: int | None) -> int | None:
+    """None, or an image side in pixels from 1 to :data:`MAX_IMAGE_SIZE`."""
+    if value is not None and not 1 <= value <= MAX_IMAGE_SIZE:
+        raise SjalignError(f"--image-size {value}: must be between 1 and {MAX_IMAGE_SIZE} pixels")
+    return value
+
+
+def check_data_dir(value: Path | None) -> Path | None:
+    """None, or a --data-dir that is an existing folder (a given folder is never silently replaced by another)."""
+    if value is not None and not value.is_dir():
+        raise SjalignError(f"--data-dir {value}: no such folder")
+    return value
+
+
+def flag_conflicts(given: dict[str, bool], why: str, against: str) -> None:
+    """Refuse flags that contradict ``against``: SjalignError naming both, e.g. "--map and --lambda ...".
+
+    Args:
+        given: flag -> whether the user gave it.
+        why: what the flags would be ignored for, e.g. "the map was fitted already".
+        against: the flag they contradict.
+    """
+    bad = [flag for flag, was_given in given.items() if was_given]
+    if bad:
+        raise SjalignError(f"{against} and {' and '.join(bad)} contradict each other: {why}")

@@ -36,11 +36,11 @@ def convert_command(
 
     if name is None and (source is None or arch is None):
         raise SjalignError("give a known conversion (efficientnet-lite0) or both --from PTH and --arch TIMM_NAME")
-    check_output(output, force)
     if name is not None:
         default_arch, find = default_source(name)
         arch = arch or default_arch
         source = source or find()
+    check_output(output, force, inputs=[source])
     tensors = convert_to_timm(source, arch)
     save_timm_weights(output, tensors, arch=arch, source_path=source, config={"name": name}, force=force)
     result = {"output": str(output), "arch": arch, "n_tensors": len(tensors), "n_params": n_params(tensors)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -56,6 +57,14 @@ def parse_layer(text: str | None) -> int | str | None:
         raise SjalignError(f"--layer '{text}': expected a block number or 'all'") from None
 
 
+def _input_paths(encoder: str, dataset: str, data_dir: Path | None) -> list[Path]:
+    """The files and folders an embed run reads: the encoder's (``jepa:RUN``, ``timm:NAME@WEIGHTS``,
+    ``hf:DIR``), the dataset's (a manifest, an image folder, a text file) and ``--data-dir``."""
+    candidates = [dataset, *encoder.split(":", 1)[1:], *encoder.split("@", 1)[1:]]
+    found = [Path(c) for c in candidates if c and Path(c).exists()]
+    return found + ([data_dir] if data_dir is not None else [])
+
+
 @cli_command
 def embed_command(
     encoder: Annotated[str, typer.Option("--encoder", help="Encoder spec: pixels, jepa:RUN_DIR, timm:NAME@WEIGHTS, hf:DIR, or PREFIX:ARG of a plugin (see 'sjalign encoders').")],
@@ -98,6 +107,8 @@ def embed_command(
     from sjalign.encoders import EncoderOptions, create_encoder
     from sjalign.errors import SjalignError
     from sjalign.io import Latents, check_output, provenance, save_latents
+    from sjalign.cli.common import check_choice, check_data_dir, check_device, check_image_size
+    from sjalign.encoders.base import POOLINGS
     from sjalign.jepa.config import PretrainConfig
 
     if batch_size < 1:
@@ -107,7 +118,11 @@ def embed_command(
     if dtype not in ("fp32", "bf16"):
         raise SjalignError(f"--dtype '{dtype}': use fp32 or bf16")
     layer_opt = parse_layer(layer)
-    check_output(output, force)
+    check_choice("--pooling", pooling, POOLINGS)
+    check_device(device)
+    check_image_size(image_size)
+    check_data_dir(data_dir)
+    check_output(output, force, inputs=_input_paths(encoder, dataset, data_dir))
     subset = Subset(split, parse_classes(classes), max_states)
     kind = dataset_kind(dataset)
     enc = create_encoder(encoder, EncoderOptions(pooling=pooling, layer=layer_opt, device=device, dtype=dtype))

@@ -10,10 +10,10 @@ from typing import Annotated
 import typer
 
 from sjalign.cli.common import (
-    DeviceOpt, ForceOpt, JsonOpt, SeedOpt, cli_command, console, emit_json, parse_ks, parse_lambda,
+    DeviceOpt, ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, output_path, console, emit_json, parse_ks, parse_lambda,
     parse_latents_list, to_json,
 )
-from sjalign.cli.fit_map import LambdaOpt, MethodOpt, TestFracOpt
+from sjalign.cli.fit_map import DEFAULT_LAMBDA, LambdaOpt, MethodOpt, TestFracOpt
 from sjalign.errors import SjalignError
 
 SWEEP_KEYS = ("r2", "cka", "dsc", "nos@10", "retrieval@1", "kappa")
@@ -208,8 +208,8 @@ def evaluate_command(
     b_arg: Annotated[str, typer.Argument(metavar="B", help="Target latents (.safetensors), as many files as A.")],
     map_path: Annotated[Path | None, typer.Option("--map", help="Map file from fit-map; without it a map is fitted on the train split.")] = None,
     k: Annotated[str | None, typer.Option("--k", help="Neighbourhood sizes for NOS@k, comma-separated. [default: 1,5,10,20,50, leaving out the k >= n_test]")] = None,
-    method: MethodOpt = "ridge",
-    lam: LambdaOpt = "1e-3",
+    method: MethodOpt = None,
+    lam: LambdaOpt = None,
     test_fraction: TestFracOpt = 0.2,
     seed: SeedOpt = 0,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Split seeds, e.g. 0,1,2,3,4: fit and score once per seed (and per model), report mean ± std; latents that carry a split need --resplit.")] = None,
@@ -221,9 +221,10 @@ def evaluate_command(
     dsc_points: Annotated[int, typer.Option("--dsc-points", help="At most this many test points for DSC.")] = 2000,
     pair_budget: Annotated[str | None, typer.Option("--pair-budget", help="Sweep: refit on this many train pairs each (e.g. 64,256,1024), same test split.")] = None,
     pair_noise: Annotated[str | None, typer.Option("--pair-noise", help="Sweep: refit with this fraction of train pairs mismatched (e.g. 0,0.1,0.3).")] = None,
-    report: Annotated[Path | None, typer.Option("--report", help="Write PNG pictures and a self-contained index.html into this new folder.", file_okay=False)] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write PNG pictures and a self-contained index.html into this new folder.")] = None,
     device: DeviceOpt = "auto",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON result to this file.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON result to this file.", parser=output_path)] = None,
+    strict: StrictOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -244,7 +245,8 @@ def evaluate_command(
 
       sjalign evaluate a.safetensors b.safetensors --pair-budget 64,256,1024 --report report_dir
     """
-    from sjalign.align import check_source, load_map
+    from sjalign.align import METHODS, check_pair, check_source, load_map
+    from sjalign.cli.common import check_choice, check_device, check_fraction, flag_conflicts
     from sjalign.io import atomic_write_bytes, check_output
     from sjalign.protocol import DEFAULT_KS, choose_split, pair_budget_sweep, pair_noise_sweep
     from sjalign.runs import EvalOptions, default_budgets, evaluate_runs, layerwise_cka
@@ -254,7 +256,15 @@ def evaluate_command(
     noises = parse_list(pair_noise, float, "--pair-noise")
     split_seeds = parse_list(seeds, int, "--seeds") or (seed,)
     shift_spec = None if shift is None else parse_shift(shift)
-    lam_value = parse_lambda(lam)
+    if map_path is not None:
+        flag_conflicts({"--method": method is not None, "--lambda": lam is not None, "--resplit": resplit},
+                       "the map is fitted already (on its own train states)", "--map")
+    method = check_choice("--method", method or "ridge", METHODS)
+    if lam is not None and method != "ridge":
+        raise SjalignError(f"--method {method} and --lambda {lam} contradict each other: λ applies to ridge only")
+    lam_value = parse_lambda(DEFAULT_LAMBDA if lam is None else lam)
+    check_fraction("--test-fraction", test_fraction)
+    check_device(device)
     if permutations < 1:
         raise SjalignError(f"--permutations must be at least 1, got {permutations}")
     if dsc_points < 3:
@@ -267,16 +277,20 @@ def evaluate_command(
     c_paths = None
     if control_a is not None:
         c_paths = (parse_latents_list(control_a, "--control-a"), parse_latents_list(control_b, "--control-b"))
+    inputs = [*a_paths, *b_paths, *(c_paths[0] + c_paths[1] if c_paths else ()), *([map_path] if map_path else ())]
     if output is not None:
-        check_output(output, force)
+        check_output(output, force, inputs=inputs)
     if report is not None:
         from sjalign.report import check_report_dir
 
-        check_report_dir(report, force)
+        check_report_dir(report, force, inputs=inputs + ([output] if output is not None else []))
+        if output is not None and output.resolve().parent == report.resolve():
+            raise SjalignError(f"{output}: lies inside --report {report}, which is replaced whole; write it elsewhere")
     amap = None
     if map_path is not None:
         amap, map_meta = load_map(map_path)
         check_source(map_meta, map_path, a_paths[0])
+        check_pair(map_meta, map_path, {"a": a_paths, "b": b_paths}, strict=strict)
     lat_a, lat_b, models = load_model_pairs(a_paths, b_paths)
     if amap is not None:
         if amap.d_a != lat_a[0].dim or amap.d_b != lat_b[0].dim:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,9 +11,12 @@ import typer
 
 from sjalign.cli.common import ForceOpt, JsonOpt, OutOpt, SeedOpt, cli_command, console, emit_json, parse_lambda
 
-MethodOpt = Annotated[str, typer.Option("--method", help="ridge (default), lstsq (λ = 0, pseudoinverse) or procrustes.")]
-LambdaOpt = Annotated[str, typer.Option("--lambda", help="Ridge λ ≥ 0 in standardised units, or 'auto' (k-fold CV).")]
-TestFracOpt = Annotated[float, typer.Option("--test-fraction", help="Held-out fraction of states, when the files carry no split.")]
+MethodOpt = Annotated[str | None, typer.Option(
+    "--method", help="ridge (default), lstsq (λ = 0, pseudoinverse) or procrustes; not with --map.")]
+LambdaOpt = Annotated[str | None, typer.Option(
+    "--lambda", help="Ridge λ ≥ 0 in standardised units, or 'auto' (k-fold CV); ridge only. [default: 1e-3]")]
+DEFAULT_LAMBDA = "1e-3"
+TestFracOpt = Annotated[float, typer.Option("--test-fraction", help="Held-out fraction of states, in (0, 1), when the files carry no split.")]
 PrecisionOpt = Annotated[str, typer.Option(
     "--precision",
     help="float64 (default: the exact in-memory result) or float32 (chunk products in float32, sums in float64: "
@@ -71,7 +75,7 @@ def fit_map_command(
         metavar="B", help="Target latents (.safetensors), or comma-separated shards of one latent set.")],
     output: OutOpt,
     method: FitMethodOpt = "ridge",
-    lam: LambdaOpt = "1e-3",
+    lam: LambdaOpt = None,
     test_fraction: TestFracOpt = 0.2,
     seed: SeedOpt = 0,
     precision: PrecisionOpt = "float64",
@@ -94,24 +98,25 @@ def fit_map_command(
 
       sjalign fit-map a0.safetensors,a1.safetensors b0.safetensors,b1.safetensors -o a2b.safetensors
     """
-    from sjalign.align import METHODS, save_map
+    from sjalign.align import METHODS, fitted_on, save_map
+    from sjalign.align.mapfile import ENCODER_KEYS
     from sjalign.align.streaming import PRECISIONS, fit_map_streaming, pair_rows
-    from sjalign.cli.common import parse_latents_list
+    from sjalign.cli.common import check_choice, check_fraction, parse_latents_list
     from sjalign.errors import SjalignError
     from sjalign.io import check_output, hash_files_in_background, provenance
     from sjalign.lazy_io import open_latents_set
     from sjalign.metrics import kappa
     from sjalign.protocol import choose_split
 
-    if method not in METHODS:
-        raise SjalignError(f"--method '{method}': use one of {', '.join(METHODS)}")
-    if precision not in PRECISIONS:
-        raise SjalignError(f"--precision '{precision}': use one of {', '.join(PRECISIONS)}")
-    lam_value = parse_lambda(lam)
-    if lam_value == "auto" and method != "ridge":
-        raise SjalignError("--lambda auto applies to --method ridge only")
-    check_output(output, force)
+    check_choice("--method", method, METHODS)
+    check_choice("--precision", precision, PRECISIONS)
+    check_fraction("--test-fraction", test_fraction)
+    if lam is not None and method != "ridge":
+        raise SjalignError(f"--method {method} and --lambda {lam} contradict each other: λ applies to ridge only "
+                           f"({method} {'has no λ' if method == 'procrustes' else 'is λ = 0'})")
+    lam_value = parse_lambda(DEFAULT_LAMBDA if lam is None else lam)
     a_paths, b_paths = parse_latents_list(a_arg, "A"), parse_latents_list(b_arg, "B")
+    check_output(output, force, inputs=[*a_paths, *b_paths])
     a_set, b_set = open_latents_set(a_paths), open_latents_set(b_paths)
     hashes = hash_files_in_background([*a_paths, *b_paths])
     a_set.check_finite()
@@ -120,7 +125,10 @@ def fit_map_command(
     if paired.dropped_a or paired.dropped_b:
         console.print(f"[yellow]note:[/] paired {len(paired.state_ids)} states by id; dropped "
                       f"{paired.dropped_a} ids only in {a_set.name} and {paired.dropped_b} only in {b_set.name}")
-    split = choose_split(paired.as_pairs(), test_fraction=test_fraction, seed=seed)
+    try:
+        split = choose_split(paired.as_pairs(), test_fraction=test_fraction, seed=seed)
+    except SjalignError as exc:
+        raise SjalignError(f"{a_set.name} and {b_set.name}: {exc}") from None
     n_train = int(split.train.sum())
     bar, advance = _progress(n_train, not json_out)
     with bar:
@@ -138,7 +146,8 @@ def fit_map_command(
     meta = provenance("fit-map", dataclasses.asdict(config), {"a": a_paths, "b": b_paths},
                       hashes=hashes.result())
     meta.update({"encoder_a": a_set.metadata.get("encoder", "?"), "encoder_b": b_set.metadata.get("encoder", "?"),
-                 "direction": "a->b", "split": split.how})
+                 "direction": "a->b", "split": split.how, **fitted_on(a_paths, b_paths),
+                 "encoder_a_spec": json.dumps({k: a_set.metadata[k] for k in ENCODER_KEYS if k in a_set.metadata})})
     save_map(output, amap, meta, force=force)
     result = {"map": str(output), "method": amap.method, "lambda": amap.lam, "n_train": n_train,
               "n_test": int(split.test.sum()), "d_a": amap.d_a, "d_b": amap.d_b, "direction": "a->b",

@@ -34,7 +34,7 @@ def _vit_for_data(model: str, shape: tuple[int, int, int], patch_size: int | Non
         return None  # PretrainConfig names the known presets
     preset = PRESETS[model]
     c, size, _ = shape
-    patch = patch_size or preset.patch_size
+    patch = preset.patch_size if patch_size is None else patch_size
     if patch < 1:
         raise SjalignError(f"--patch-size must be a positive number of pixels, got {patch}")
     if size % patch:
@@ -151,7 +151,7 @@ def epoch_line(record: dict) -> str:
 @cli_command
 def pretrain_command(
     ctx: typer.Context,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (checkpoint, train state, config.json, log.jsonl).", file_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (checkpoint, train state, config.json, log.jsonl).")],
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset name (see 'sjalign datasets').")] = "fashion-mnist",
     view: Annotated[str, typer.Option("--view", help="View spec the encoder sees, e.g. crop:top, azimuth:30.")] = "identity",
     objective: Annotated[str, typer.Option("--objective", help="Training objective; 'sjalign objectives' lists them with their options (--reg-weight, --temperature, ...), defaults and recipes.")] = "ijepa",
@@ -200,7 +200,10 @@ def pretrain_command(
     from sjalign.data.lazy import IN_MEMORY_BYTES
     from sjalign.data.selection import Subset, parse_classes
     from sjalign.errors import SjalignError
+    from sjalign.cli.common import check_choice, check_data_dir, check_device, check_image_size
     from sjalign.jepa import PretrainConfig, pretrain, read_log
+    from sjalign.jepa.checkpoint import is_run_folder
+    from sjalign.jepa.config import PRECISIONS
     from sjalign.report.curves import write_curves
 
     if resume and force:
@@ -209,8 +212,13 @@ def pretrain_command(
         raise SjalignError(f"{output}: exists and is not a folder")
     if resume and not output.is_dir():
         raise SjalignError(f"{output}: no run to resume")
-    if not resume and not force and output.is_dir() and any(output.iterdir()):
-        raise SjalignError(f"{output}: run folder already holds files (use --resume to continue or --force to restart)")
+    if not resume and output.is_dir() and any(output.iterdir()):
+        if not force:
+            raise SjalignError(f"{output}: run folder already holds files (use --resume to continue or --force to "
+                               "restart)")
+        if not is_run_folder(output):
+            raise SjalignError(f"{output}: not a run folder written by sjalign pretrain (no readable config.json); "
+                               "--force restarts only those, so nothing was deleted")
     given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)) if v is not None}
     options = _objective_options(ctx, objective)
     if resume:
@@ -221,6 +229,12 @@ def pretrain_command(
         raise SjalignError(f"--eval-every must be >= 0 (0 = no online evaluation), got {eval_every}")
     if eval_states is not None and eval_states < 1:
         raise SjalignError(f"--eval-states must be >= 1, got {eval_states}")
+    if patch_size is not None and patch_size < 1:
+        raise SjalignError(f"--patch-size must be a positive number of pixels, got {patch_size}")
+    check_choice("--precision", precision, PRECISIONS)
+    check_device(device)
+    check_image_size(image_size)
+    check_data_dir(data_dir)
     # the same selection as `sjalign embed --max-states N --classes C`, then only its train (or test) states
     selection = open_dataset(dataset, view=view, data_dir=data_dir, image_size=image_size, seed=seed,
                              subset=Subset("all", parse_classes(classes), max_states))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sjalign.cli.common import ForceOpt, JsonOpt, SeedOpt, cli_command, console, emit_json
+from sjalign.cli.common import ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, console, emit_json, output_path
 from sjalign.cli.fit_map import load_pairs
 
 
@@ -16,10 +16,11 @@ def transfer_probe_command(
     a_path: Annotated[Path, typer.Argument(metavar="A", help="Source latents with labels (the probe is trained here).")],
     b_path: Annotated[Path, typer.Argument(metavar="B", help="Target latents (the probe is moved here).")],
     map_path: Annotated[Path, typer.Option("--map", help="Map file: B -> A is used as is, A -> B through its pseudoinverse.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the transferred head (probe file).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the transferred head (probe file).", parser=output_path)] = None,
     reverse: Annotated[str, typer.Option("--reverse", help="For an A -> B map: 'fit' a B -> A map on the same train split "
                                                          "(same method and λ), or use 'pinv' (W⁺).")] = "fit",
     seed: SeedOpt = 0,
+    strict: StrictOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -31,18 +32,20 @@ def transfer_probe_command(
     """
     import numpy as np
 
-    from sjalign.align import fit_map, load_map, map_direction, pseudo_inverse
+    from sjalign.align import check_pair, fit_map, load_map, map_direction, pseudo_inverse
     from sjalign.io import PROBE_FORMAT, check_output, provenance, write_safetensors
     from sjalign.protocol import choose_split
     from sjalign.errors import SjalignError
 
-    if output is not None:
-        check_output(output, force)
-    amap, meta = load_map(map_path)
-    a, b, pairs = load_pairs(a_path, b_path)
     if reverse not in ("fit", "pinv"):
         raise SjalignError(f"--reverse '{reverse}': use fit or pinv")
+    if output is not None:
+        check_output(output, force, inputs=[a_path, b_path, map_path])
+    amap, meta = load_map(map_path)
+    a, b, pairs = load_pairs(a_path, b_path)
     direction = map_direction(meta, map_path, a_path, b_path, a.dim, b.dim, amap.W.shape)
+    check_pair(meta, map_path, {"a": [a_path], "b": [b_path]} if direction == "a->b" else {"a": [b_path], "b": [a_path]},
+               strict=strict)
     try:
         split = choose_split(pairs, train_state_ids=amap.train_state_ids)
     except SjalignError as exc:

@@ -47,7 +47,7 @@ def join_state_ids(a, b) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
         ``shared`` is ``a.state_ids`` itself (no copy).
 
     Raises:
-        SjalignError: no shared ids, or shared ids whose labels or splits disagree.
+        SjalignError: fewer than 2 shared ids, or shared ids whose labels or splits disagree.
     """
     if np.array_equal(a.state_ids, b.state_ids):  # same states in the same order (one embed run per view)
         if np.all(a.state_ids[1:] > a.state_ids[:-1]):  # and already sorted: no copy of the ids
@@ -60,6 +60,8 @@ def join_state_ids(a, b) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
         shared, ia, ib = np.intersect1d(a.state_ids, b.state_ids, assume_unique=True, return_indices=True)
     if len(shared) == 0:
         raise SjalignError(f"{a.name} and {b.name}: no shared state ids, nothing to pair")
+    if len(shared) == 1:
+        raise SjalignError(f"{a.name} and {b.name}: only 1 shared state id; a map needs train and test pairs")
     if a.labels is not None and b.labels is not None and not np.array_equal(a.labels[ia], b.labels[ib]):
         raise SjalignError(f"{a.name} and {b.name}: labels disagree on shared state ids")
     labels = a.labels[ia] if a.labels is not None else None if b.labels is None else b.labels[ib]
@@ -96,8 +98,8 @@ def random_split(state_ids: np.ndarray, test_fraction: float, seed: int) -> np.n
         SjalignError: the fraction leaves an empty train or test side.
     """
     n = len(state_ids)
-    n_test = int(round(test_fraction * n))
-    if not 0.0 < test_fraction < 1.0 or n_test < 1 or n_test >= n:
+    n_test = int(round(test_fraction * n)) if 0.0 < test_fraction < 1.0 else 0  # NaN fails the test too
+    if n_test < 1 or n_test >= n:
         raise SjalignError(f"--test-fraction {test_fraction} leaves no train or no test pairs out of {n}")
     keys = np.array([zlib.crc32(np.array([seed, s], dtype=np.int64).tobytes()) for s in state_ids], dtype=np.uint64)
     order = np.lexsort((state_ids, keys))

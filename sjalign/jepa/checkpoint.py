@@ -300,9 +300,30 @@ def checkpoint_epoch(run_dir: str | os.PathLike) -> int | None:
         return None
 
 
+def is_run_folder(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds a pretraining run sjalign wrote: a ``config.json`` that reads as its config
+    (an object with at least ``objective``, ``model`` and ``vit``, and no key a PretrainConfig lacks)."""
+    import warnings
+
+    try:
+        text = (Path(run_dir) / CONFIG_FILE).read_text()
+        raw = json.loads(text)
+        if not isinstance(raw, dict) or not {"objective", "model", "vit"} <= raw.keys():
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an unknown key: not ours
+            PretrainConfig.from_json(text)
+    except Exception:  # noqa: BLE001 - missing, unreadable, not JSON, not a PretrainConfig
+        return False
+    return True
+
+
 def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
-    """Delete the temp files (``.NAME.*.tmp``) a killed writer left beside the run's files."""
-    removed = []
+    """Delete the temp files a killed writer left beside the run's files (:func:`sjalign.outputs.sweep_stale`,
+    and the ``.NAME.*.tmp`` names of earlier versions)."""
+    from sjalign.outputs import sweep_stale
+
+    removed = sweep_stale(run_dir)
     for name in (CHECKPOINT_FILE, TRAIN_STATE_FILE, CONFIG_FILE, LOG_FILE, CURVES_FILE):
         for tmp in Path(run_dir).glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)

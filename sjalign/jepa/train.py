@@ -24,6 +24,8 @@ same seeded order, with the same results as the tensor.
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import time
 import warnings
@@ -257,11 +259,29 @@ def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, res
         warnings.warn("precision bf16 is used on CUDA only; training in fp32 on the CPU", stacklevel=2)
 
     info, device = ddp.setup(device)
+    created = not out_dir.exists()
     try:
         return _train(config, feed, out_dir, state, info, device, on_start, on_step, on_epoch,
                       eval_set if info.is_main else None, eval_every)
+    except BaseException:
+        if state is None and info.is_main:
+            _undo_fresh_start(out_dir, created)
+        raise
     finally:
         ddp.teardown(info)
+
+
+def _undo_fresh_start(out_dir: Path, created: bool) -> None:
+    """A fresh run that failed before its first checkpoint leaves nothing: its config, log, curves
+    and temp files go, and the folder too when this run created it and nothing else is in it."""
+    if (out_dir / ckpt.CHECKPOINT_FILE).exists():
+        return  # an epoch finished: the run can be resumed
+    ckpt.remove_stale_temp_files(out_dir)
+    for name in (ckpt.CONFIG_FILE, ckpt.LOG_FILE, ckpt.CURVES_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    if created:
+        with contextlib.suppress(OSError):
+            out_dir.rmdir()  # only if empty
 
 
 def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.TrainState | None,

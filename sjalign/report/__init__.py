@@ -3,35 +3,32 @@
 ``write_report`` draws from the first run of an evaluation (its test pairs, its map, the
 shuffled-pair null and the random-init control) and from the result dict (NOS@k, sweeps,
 mean ± std over seeds). The folder appears whole or not at all: everything is written to a
-temporary sibling folder that is renamed into place.
+temporary sibling folder that is renamed into place, with a marker that lets a later
+``--force`` recognise it as sjalign's own (:mod:`sjalign.outputs`).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
-
-from sjalign.errors import SjalignError
 
 __all__ = ["check_report_dir", "report_figures", "write_report"]
 
 
-def check_report_dir(path: str | os.PathLike, force: bool) -> Path:
-    """Refuse an existing report folder unless ``force``; its parent must exist.
+REPORT_KIND = "evaluate-report"
+
+
+def check_report_dir(path: str | os.PathLike, force: bool, *, inputs=()) -> Path:
+    """Refuse a report folder that would destroy something (:func:`sjalign.outputs.check_output_folder`).
 
     Raises:
-        SjalignError: the folder (or a file of that name) exists without ``force``, or no parent.
+        SjalignError: the folder exists without ``force``; with ``force``, it is not a report
+            sjalign wrote (no marker, or entries it did not write); it holds an input or the
+            current folder; no parent.
     """
-    path = Path(path)
-    if path.exists() and not force:
-        raise SjalignError(f"{path}: report folder already exists (use --force to replace it)")
-    if path.exists() and not path.is_dir():
-        raise SjalignError(f"{path}: exists and is not a folder")
-    if not path.parent.exists():
-        raise SjalignError(f"{path}: parent folder {path.parent} does not exist")
-    return path
+    from sjalign.outputs import check_output_folder
+
+    return check_output_folder(path, force, REPORT_KIND, inputs=inputs)
 
 
 def _nos_series(result: dict) -> dict:
@@ -123,31 +120,15 @@ def write_report(path: str | os.PathLike, result: dict, run, *, budget_curves: d
     """Write ``path``/index.html and one PNG per picture, atomically (temp folder + rename).
 
     Raises:
-        SjalignError: ``path`` exists without ``force``, or its parent is missing.
+        SjalignError: see :func:`check_report_dir`; ``path`` appeared meanwhile; an I/O error.
     """
     from sjalign.report.html import render_page
 
+    from sjalign.outputs import publish_folder
+
     path = check_report_dir(path, force)
     figures = report_figures(result, run, budget_curves=budget_curves, layer_cka=layer_cka, seed=seed)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        for name, _, _, png in figures:
-            (tmp / name).write_bytes(png)
-        (tmp / "index.html").write_text(render_page(result, figures), encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        old = None
-        if path.exists():  # --force: set the old report aside, put it back if the swap fails
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if old is not None:
-                os.replace(old / path.name, path)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    files = {name: png for name, _, _, png in figures}
+    files["index.html"] = render_page(result, figures).encode("utf-8")
+    publish_folder(files, path, REPORT_KIND, force=force)
     return path
