@@ -54,12 +54,18 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
     return header, 8 + size
 
 
-def fingerprint(path: str | os.PathLike) -> str:
-    """A cheap identity of a latents file: SHA-256 of its safetensors header and its ``state_ids`` bytes.
+FINGERPRINT_ROWS = 16
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 
-    The header holds every tensor's shape, dtype and offsets and the metadata (encoder, view,
-    command line, inputs' hashes), so two files that differ in origin or states differ here;
-    only the header and the ids are read (a few kB to MB), never the latents rows.
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """A cheap identity of a latents file: SHA-256 of its header, its ``state_ids`` and a few ``latents`` rows.
+
+    The header (canonical JSON: key order differs between writers) holds every tensor's shape,
+    dtype and offsets and the metadata (encoder, view, command line, inputs' hashes); the ids
+    say which states; :data:`FINGERPRINT_ROWS` rows spread evenly over ``latents`` tell apart
+    files whose headers and ids agree but whose vectors differ. Reads a few kB to MB, never
+    the whole file.
 
     Raises:
         FileFormatError: missing file or unreadable header.
@@ -67,13 +73,26 @@ def fingerprint(path: str | os.PathLike) -> str:
     import hashlib
 
     header, data_start = read_header(path)
-    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())  # key order differs between writers
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+
+    def span(key: str) -> tuple[int, int] | None:
+        info = header.get(key)
+        if isinstance(info, dict) and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2:
+            return int(info["data_offsets"][0]), int(info["data_offsets"][1])
+        return None
+
     with open(path, "rb") as f:
-        ids = header.get("state_ids")
-        if isinstance(ids, dict) and isinstance(ids.get("data_offsets"), list) and len(ids["data_offsets"]) == 2:
-            begin, end = (int(v) for v in ids["data_offsets"])
-            f.seek(data_start + begin)
-            digest.update(f.read(max(end - begin, 0)))
+        ids = span("state_ids")
+        if ids is not None:
+            f.seek(data_start + ids[0])
+            digest.update(f.read(max(ids[1] - ids[0], 0)))
+        rows, info = span("latents"), header.get("latents", {})
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if rows is not None and isinstance(shape, list) and len(shape) == 2 and shape[0] > 0:
+            row_bytes = int(shape[1]) * _ITEMSIZE.get(info.get("dtype"), 4)
+            for r in np.unique(np.linspace(0, shape[0] - 1, min(shape[0], FINGERPRINT_ROWS)).astype(np.int64)):
+                f.seek(data_start + rows[0] + int(r) * row_bytes)
+                digest.update(f.read(row_bytes))
     return digest.hexdigest()
 
 
@@ -180,7 +199,7 @@ class LazyLatents:
         """Rows of ``latents`` holding NaN or Inf (one streamed pass over the file)."""
         bad = 0
         for _, block in self.iter_rows(chunk):
-            if not np.isfinite(block.sum()):  # a NaN/Inf anywhere propagates; rare overflow is re-checked
+            if not quick_finite(block):
                 bad += int((~np.isfinite(block)).any(axis=1).sum())
         return bad
 
@@ -193,6 +212,13 @@ class LazyLatents:
     def load(self) -> Latents:
         """The whole file in memory, validated (:func:`load_latents`)."""
         return load_latents(self.path)
+
+
+def quick_finite(block: np.ndarray) -> bool:
+    """True when ``block.sum()`` is finite: no NaN or Inf in ``block`` (one fast pass). False may also
+    mean an overflow of the sum of huge finite values; callers re-check with ``np.isfinite`` then."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(block.sum()))
 
 
 def _copy_shifted(src: np.ndarray, out: np.ndarray, shift: np.ndarray | None) -> None:

@@ -7,12 +7,13 @@ Every file or folder a command writes goes through here:
   file (a folder, a device, a FIFO, a dangling link), that exists without ``--force``, whose
   folder is missing or read-only, or whose name is too long.
 * :func:`atomic_file` writes through a temp file beside the output whose name carries the
-  writer's pid (``.sjalign-tmp-PID-XXXX-NAME``), fsyncs it and publishes it in one step.
+  writer's pid and machine (``.sjalign-tmp-PID@HOST-XXXX-NAME``), fsyncs it and publishes it
+  in one step.
   Without ``--force`` the publication fails if the output appeared meanwhile (a hard link,
   or ``renameat2(RENAME_NOREPLACE)`` where links are not supported), so of several
   concurrent writers exactly one succeeds; with ``--force`` it is an ``os.replace``.
-* A later writer in the same folder removes the temp files and folders of writers whose
-  process is gone (:func:`sweep_stale`): ``kill -9`` leaves nothing behind for long.
+* A later writer in the same folder removes the temp files and folders of this machine's
+  writers whose process is gone (:func:`sweep_stale`): ``kill -9`` leaves nothing behind for long.
 * Folders (``evaluate --report``) carry a marker file listing what sjalign wrote; ``--force``
   replaces a folder only when everything in it is listed there (:func:`check_output_folder`).
 
@@ -38,7 +39,14 @@ from sjalign.errors import SjalignError
 TMP_PREFIX = ".sjalign-tmp-"
 MARKER_FILE = ".sjalign-output.json"
 NAME_MAX = 255
-_TMP_RE = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-")
+_TMP_RE = re.compile(re.escape(TMP_PREFIX) + r"(\d+)@([A-Za-z0-9_.]*)-")
+
+
+def host_tag() -> str:
+    """This machine's name as it appears in temp names (a pid means nothing on another machine)."""
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:32]
 
 
 def pid_alive(pid: int) -> bool:
@@ -55,11 +63,11 @@ def pid_alive(pid: int) -> bool:
 
 
 def temp_name(path: str | os.PathLike, suffix: str = ".tmp") -> str:
-    """A fresh temp name for ``path``'s folder: ``.sjalign-tmp-PID-RANDOM-NAME.tmp``, at most 255 bytes.
+    """A fresh temp name for ``path``'s folder: ``.sjalign-tmp-PID@HOST-RANDOM-NAME.tmp``, at most 255 bytes.
 
-    The output's name is cut (not the pid or the random part) when the whole would be too long.
+    The output's name is cut (not the pid, host or random part) when the whole would be too long.
     """
-    head = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
+    head = f"{TMP_PREFIX}{os.getpid()}@{host_tag()}-{secrets.token_hex(4)}-"
     room = NAME_MAX - len(head.encode()) - len(suffix.encode())
     name = Path(path).name.encode()[:room].decode(errors="ignore")
     return head + name + suffix
@@ -68,8 +76,9 @@ def temp_name(path: str | os.PathLike, suffix: str = ".tmp") -> str:
 def sweep_stale(folder: str | os.PathLike) -> list[Path]:
     """Remove the temp files and folders in ``folder`` whose writer's process is gone.
 
-    Only names made by :func:`temp_name` are touched (``.sjalign-tmp-PID-...``), and only when
-    PID is not a live process; errors (a file already gone, no permission) are ignored.
+    Only names made by :func:`temp_name` on this machine are touched (``.sjalign-tmp-PID@HOST-...``,
+    so a folder shared by several machines keeps the others' temp files), and only when PID is
+    not a live process; errors (a file already gone, no permission) are ignored.
 
     Returns:
         The paths removed.
@@ -79,9 +88,13 @@ def sweep_stale(folder: str | os.PathLike) -> list[Path]:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
+    host = host_tag()
     for entry in entries:
         match = _TMP_RE.match(entry.name)
-        if match is None or int(match.group(1)) == os.getpid() or pid_alive(int(match.group(1))):
+        if match is None or match.group(2) != host:
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or pid_alive(pid):
             continue
         try:
             if entry.is_dir(follow_symlinks=False):
@@ -157,6 +170,9 @@ def check_output(path: str | os.PathLike, force: bool, *, inputs: Iterable[str |
     return path
 
 
+_UNSUPPORTED = (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
 def _rename_noreplace(src: str, dst: str) -> None:
     """Linux renameat2(RENAME_NOREPLACE): move ``src`` to ``dst`` unless ``dst`` exists (FileExistsError)."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -189,9 +205,16 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike, *, replace: bool) -
             os.link(tmp, path)
             os.unlink(tmp)
         except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            if exc.errno not in _UNSUPPORTED + (errno.EPERM, errno.EMLINK):
                 raise
-            _rename_noreplace(tmp, path)
+            try:
+                _rename_noreplace(tmp, path)
+            except OSError as exc2:
+                if exc2.errno not in _UNSUPPORTED:
+                    raise
+                if os.path.lexists(path):  # neither links nor renameat2 here: check, then rename
+                    raise FileExistsError(errno.EEXIST, "exists", path) from None
+                os.rename(tmp, path)
     except FileExistsError:
         Path(tmp).unlink(missing_ok=True)
         raise SjalignError(f"{path}: appeared while this command ran (another writer?); left as it is, "
@@ -341,13 +364,15 @@ def publish_folder(files: dict[str, bytes], path: str | os.PathLike, kind: str, 
             check_output_folder(path, force, kind)
             old = path.parent / temp_name(path, ".old")
             os.rename(path, old)
-        try:
-            _rename_noreplace(os.fspath(tmp), os.fspath(path)) if old is None else os.rename(tmp, path)
-        except OSError as exc:
-            if old is None and exc.errno in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-                os.rename(tmp, path)  # no renameat2: rename refuses a non-empty folder anyway
-            else:
-                raise
+        if old is not None:
+            os.rename(tmp, path)
+        else:
+            try:
+                _rename_noreplace(os.fspath(tmp), os.fspath(path))
+            except OSError as exc:
+                if exc.errno not in _UNSUPPORTED:
+                    raise
+                os.rename(tmp, path)  # no renameat2: rename still refuses a non-empty folder
     except FileExistsError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SjalignError(f"{path}: appeared while this command ran (another writer?); left as it is") from None

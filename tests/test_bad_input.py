@@ -379,17 +379,25 @@ def test_apply_map_checks_the_encoder_not_the_file(runner, ws):
                  "c.safetensors", "--strict refuses")
 
 
-def test_fingerprint_reads_only_header_and_ids(tmp_path):
-    """Changing a latents value keeps the fingerprint (no full read); changing ids or metadata changes it."""
+def test_fingerprint_sees_metadata_ids_and_sampled_rows(tmp_path):
+    """A cheap identity: a change in a row it does not sample keeps it (no full read); ids, metadata or the
+    sampled rows (first, last, 14 between) change it."""
     from sjalign.lazy_io import fingerprint
 
     x = np.random.default_rng(0).normal(size=(N, D))
-    p1 = make_latents(tmp_path / "1.safetensors", x, np.arange(N))
-    p2 = make_latents(tmp_path / "2.safetensors", x + 1, np.arange(N))
-    p3 = make_latents(tmp_path / "3.safetensors", x, np.arange(N) + 1)
-    p4 = make_latents(tmp_path / "4.safetensors", x, np.arange(N), encoder="other")
-    assert fingerprint(p1) == fingerprint(p2)
-    assert len({fingerprint(p1), fingerprint(p3), fingerprint(p4)}) == 3
+    y = x.copy()
+    y[1] += 1  # rows sampled for N = 80: 0, 5, 10, ..., 79
+    z = x.copy()
+    z[-1] += 1
+    p = [make_latents(tmp_path / "0.safetensors", x, np.arange(N)),
+         make_latents(tmp_path / "1.safetensors", y, np.arange(N)),
+         make_latents(tmp_path / "2.safetensors", x, np.arange(N) + 1),
+         make_latents(tmp_path / "3.safetensors", x, np.arange(N), encoder="other"),
+         make_latents(tmp_path / "4.safetensors", z, np.arange(N)),
+         make_latents(tmp_path / "5.safetensors", x * 2, np.arange(N))]
+    fp = [fingerprint(q) for q in p]
+    assert fp[0] == fp[1]
+    assert len({fp[0], *fp[2:]}) == 5
 
 
 @needs_fashion_mnist

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import make_latents
-from sjalign.outputs import TMP_PREFIX
+from sjalign.outputs import TMP_PREFIX, host_tag
 
 N_BIG, D_BIG = 200_000, 32
 
@@ -174,14 +174,16 @@ def test_kill9_at_the_worst_moment_leaves_no_output_and_the_next_run_sweeps(tmp_
 def test_live_writers_temp_files_are_never_swept(tmp_path):
     inputs = _inputs(tmp_path)
     dead, alive = _dead_pid(), os.getppid()
-    stale = tmp_path / f"{TMP_PREFIX}{dead}-0123abcd-out.safetensors.tmp"
-    live = tmp_path / f"{TMP_PREFIX}{alive}-89abcdef-other.safetensors.tmp"
+    stale = tmp_path / f"{TMP_PREFIX}{dead}@{host_tag()}-0123abcd-out.safetensors.tmp"
+    live = tmp_path / f"{TMP_PREFIX}{alive}@{host_tag()}-89abcdef-other.safetensors.tmp"
+    elsewhere = tmp_path / f"{TMP_PREFIX}{dead}@another.host-4567cdef-x.safetensors.tmp"  # its pid means nothing here
     stale.write_bytes(b"half")
     live.write_bytes(b"being written")
+    elsewhere.write_bytes(b"another machine's")
     res = subprocess.run([sys.executable, "-m", "sjalign", "fit-map", inputs["a"], inputs["b"],
                           "-o", tmp_path / "m.safetensors"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert not stale.exists() and live.read_bytes() == b"being written"
+    assert not stale.exists() and live.read_bytes() == b"being written" and elsewhere.exists()
 
 
 def test_concurrent_writers_exactly_one_wins(tmp_path):

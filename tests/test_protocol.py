@@ -69,9 +69,10 @@ def test_choose_split_errors():
     pairs = _pairs(50)
     with pytest.raises(SjalignError, match="missing"):
         choose_split(pairs, train_state_ids=np.r_[pairs.state_ids[:10], 99999])
-    # a file split holding only train states (embed --split train) gives way to the seeded draw
+    # a file split holding only train states (embed --split train) gives way to the seeded draw, with a warning
     all_train = Pairs(pairs.x, pairs.y, pairs.state_ids, None, np.zeros(50, dtype=np.uint8), 0, 0)
-    fallback = choose_split(all_train, test_fraction=0.2, seed=3)
+    with pytest.warns(UserWarning, match="mark all 50 paired states as train"):
+        fallback = choose_split(all_train, test_fraction=0.2, seed=3)
     assert fallback.test.sum() == 10 and "seeded" in fallback.how
     with pytest.raises(SjalignError):
         choose_split(pairs, train_state_ids=pairs.state_ids)  # no test pairs left

@@ -165,7 +165,7 @@ def test_write_report_is_atomic(tmp_path, monkeypatch):
     pngs = [("x.png", "X", "cap", b"\x89PNG-x")]
     monkeypatch.setattr(report, "report_figures", lambda *a, **k: pngs)
     write_report(out, _result(), None)
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "x.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".sjalign-output.json", "index.html", "x.png"]
     assert (out / "x.png").read_bytes() == b"\x89PNG-x"
     with pytest.raises(SjalignError, match="already exists"):
         check_report_dir(out, force=False)

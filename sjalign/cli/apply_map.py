@@ -40,7 +40,7 @@ def apply_map_command(
     from sjalign.cli.common import parse_latents_list
     from sjalign.errors import ShapeError, SjalignError
     from sjalign.io import check_output, provenance
-    from sjalign.lazy_io import open_latents_set, write_latents_stream
+    from sjalign.lazy_io import open_latents_set, quick_finite, write_latents_stream
 
     a_paths = parse_latents_list(a_arg, "A")
     check_output(output, force, inputs=[map_path, *a_paths])
@@ -57,10 +57,14 @@ def apply_map_command(
     def mapped_blocks():
         for shard in a_set.shards:
             for start, block in shard.iter_rows(chunk_rows):
-                if not np.isfinite(block.sum()):
+                if not quick_finite(block) and not np.isfinite(block).all():
                     shard.check_finite()  # counts the bad rows and raises, naming the file
-                    raise SjalignError(f"{shard.name}: 'latents' overflow near row {start}")
-                yield amap.apply(block)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    mapped = amap.apply(block)
+                if not quick_finite(mapped) and not np.isfinite(mapped).all():
+                    raise SjalignError(f"{shard.name}: mapping rows {start}-{start + len(block) - 1} through "
+                                       f"{map_path} overflows float32")
+                yield mapped
 
     extra = provenance("apply-map", {"chunk_rows": chunk_rows}, {"map": map_path, "a": a_paths})
     extra.update({"encoder": f"map({a_set.metadata.get('encoder', '?')} -> {meta.get('encoder_b', '?')})",
