@@ -107,6 +107,23 @@ def sweep_stale(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+# sjalign's own result files: one inside an input folder (say latents beside a run's checkpoint) may be replaced
+REPLACEABLE = ("latents/1", "map/1", "probe/1")
+
+
+def _format_tag(path: Path) -> str | None:
+    """The ``sjalign.format`` tag of a safetensors file (its header only), or None."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= 100_000_000:
+                return None
+            tag = json.loads(f.read(size)).get("__metadata__", {}).get("sjalign.format")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return tag if isinstance(tag, str) else None
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -129,7 +146,8 @@ def check_output(path: str | os.PathLike, force: bool, *, inputs: Iterable[str |
         path: the output file.
         force: the user's ``--force``: an existing regular file that is no input may be replaced.
         inputs: every file and folder the command reads (latents, maps, manifests, checkpoints);
-            an existing file inside an input folder counts as an input.
+            an existing file inside an input folder counts as an input unless it is an sjalign
+            latents, map or probe file (e.g. latents written earlier into a run folder).
 
     Returns:
         ``path`` as a Path.
@@ -152,7 +170,7 @@ def check_output(path: str | os.PathLike, force: bool, *, inputs: Iterable[str |
         source = Path(source)
         if _same_file(path, source) or path.resolve() == source.resolve():
             raise SjalignError(f"{text}: is also an input of this command ({source}); write the output elsewhere")
-        if source.is_dir() and os.path.lexists(path) and _inside(path, source):
+        if source.is_dir() and os.path.lexists(path) and _inside(path, source) and _format_tag(path) not in REPLACEABLE:
             raise SjalignError(f"{text}: exists inside {source}, which this command reads; write the output elsewhere")
     if os.path.lexists(path):
         if not path.exists():

@@ -416,3 +416,17 @@ def test_pretrain_that_fails_before_its_first_epoch_leaves_nothing(runner, tmp_p
     assert run(runner, "pretrain", "--epochs", "0", "--max-states", "64", "--eval-every", "0",
                "-o", run_dir).exit_code == 0  # no --force needed
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 0
+
+
+def test_output_inside_an_input_folder(runner, tmp_path):
+    """embed --encoder hf:DIR -o DIR/x: a file the encoder may read is refused; sjalign's own latents are replaced."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "weights.safetensors").write_bytes(b"not ours")
+    mine = make_latents(folder / "old.safetensors", np.ones((3, 2)), [0, 1, 2])
+    from sjalign.outputs import check_output
+
+    with pytest.raises(Exception, match="exists inside"):
+        check_output(folder / "weights.safetensors", True, inputs=[folder])
+    assert check_output(mine, True, inputs=[folder]) == mine
+    assert check_output(folder / "new.safetensors", False, inputs=[folder]) == folder / "new.safetensors"

@@ -112,16 +112,17 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def _inputs(root: Path) -> dict[str, Path]:
+def _inputs(root: Path, *, with_map: bool = False) -> dict[str, Path]:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(120, 4))
     labels = rng.integers(0, 2, 120)
     files = {"a": make_latents(root / "a.safetensors", x, np.arange(120), labels=labels),
              "b": make_latents(root / "b.safetensors", x @ rng.normal(size=(4, 4)), np.arange(120), labels=labels),
              "m": root / "m0.safetensors", "imgs": _image_folder(root)}
-    res = subprocess.run([sys.executable, "-m", "sjalign", "fit-map", files["a"], files["b"], "-o", files["m"]],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+    if with_map:
+        res = subprocess.run([sys.executable, "-m", "sjalign", "fit-map", files["a"], files["b"], "-o", files["m"]],
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
     return files
 
 
@@ -150,7 +151,7 @@ KILLED = {
 @pytest.mark.parametrize("command", KILLED)
 def test_kill9_at_the_worst_moment_leaves_no_output_and_the_next_run_sweeps(tmp_path, command):
     """kill -9 with the temp output complete but unpublished: no output; the temp is removed by the next run."""
-    inputs = _inputs(tmp_path)
+    inputs = _inputs(tmp_path, with_map=command == "transfer-probe")
     out = tmp_path / "out"
     out.mkdir()
     args = [str(a) for a in KILLED[command](inputs, out)]
@@ -191,7 +192,7 @@ def test_concurrent_writers_exactly_one_wins(tmp_path):
     x = rng.normal(size=(3000, 16))
     a = make_latents(tmp_path / "a.safetensors", x, np.arange(3000))
     b = make_latents(tmp_path / "b.safetensors", x @ rng.normal(size=(16, 16)), np.arange(3000))
-    for round_ in range(2):
+    for round_ in range(1):
         out = tmp_path / f"same{round_}.safetensors"
         procs = [sjalign("fit-map", a, b, "-o", out, "--json") for _ in range(6)]
         results = [(p.wait(timeout=300), *p.communicate()) for p in procs]

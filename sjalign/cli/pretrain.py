@@ -83,6 +83,18 @@ def _objective_options(ctx: typer.Context, objective: str) -> dict:
     return values
 
 
+def _saved_field(run_dir: Path, field: str):
+    """A field of the run's saved ``config.json`` (None when unreadable: the trainer reports that)."""
+    import json
+
+    from sjalign.jepa.checkpoint import CONFIG_FILE
+
+    try:
+        return json.loads((run_dir / CONFIG_FILE).read_text()).get(field)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _resumed_options(run_dir: Path, objective: str, given: dict, options: dict) -> tuple[dict, dict]:
     """On --resume, the run's own epochs, batch size, lr and objective options where none is given again.
 
@@ -128,6 +140,42 @@ def _eval_set(selection, eval_states: int | None):
                    None if labels is None else labels[train_rows], None if labels is None else labels[test_rows])
 
 
+def _teacher_latents(spec: str, dataset: str, view: str, data_dir, subset, student, device: str, seed: int):
+    """A frozen teacher's latents of the student's training states (:class:`sjalign.jepa.teacher.TeacherLatents`).
+
+    The teacher sees ``view`` of the same dataset and selection; its states are matched to the
+    student's by state id (rows it lacks are marked absent). Its forwards' FLOPs are counted.
+
+    Raises:
+        SjalignError: a spec that does not load, or no shared state id with the student.
+    """
+    import numpy as np
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sjalign.data import open_dataset
+    from sjalign.embed import embed_dataset
+    from sjalign.encoders import EncoderOptions, create_encoder
+    from sjalign.errors import SjalignError
+    from sjalign.jepa.config import PretrainConfig
+    from sjalign.jepa.teacher import TeacherLatents
+
+    enc = create_encoder(spec, EncoderOptions(pooling="mean", device=device))
+    run = getattr(enc, "config", None)
+    size = run.vit.img_size if isinstance(run, PretrainConfig) else None
+    teacher_ds = open_dataset(dataset, view=view, data_dir=data_dir, subset=subset, image_size=size, seed=seed)
+    shared, t_rows, s_rows = np.intersect1d(teacher_ds.state_ids, student.state_ids, return_indices=True)
+    if len(shared) == 0:
+        raise SjalignError(f"--teacher-view {view}: no state id shared with the student's view {student.view}")
+    teacher_ds = teacher_ds.subset(t_rows)
+    with FlopCounterMode(display=False) as counter:
+        z = embed_dataset(enc, teacher_ds, batch_size=256)
+    full = np.zeros((len(student.state_ids), z.shape[1]), np.float32)
+    full[s_rows] = z
+    present = np.zeros(len(student.state_ids), bool)
+    present[s_rows] = True
+    return TeacherLatents(full, present, spec, float(counter.get_total_flops()))
+
+
 def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -170,6 +218,12 @@ def pretrain_command(
     precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 (autocast, CUDA only).")] = "fp32",
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the modules (CUDA; no gain on CPU).")] = False,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Score the exported encoder on held-out states (kNN and linear-probe accuracy, RankMe, participation ratio) before the first step, every E epochs and after the last; 0 = off.")] = 1,
+    teacher: Annotated[str | None, typer.Option("--teacher", help="Teacher–student migration: a frozen teacher encoder (any spec: jepa:RUN, timm:..., hf:..., a plugin's) whose latents the student is pulled towards.")] = None,
+    teacher_view: Annotated[str | None, typer.Option("--teacher-view", help="The view the teacher sees of the same states. [default: --view]")] = None,
+    teacher_mode: Annotated[str, typer.Option("--teacher-mode", help="align: μ‖W ẑ_s − ẑ_t‖² with W refitted by ridge every N steps (migration); kd: a linear head learned jointly instead (the distillation baseline).")] = "align",
+    align_weight: Annotated[float, typer.Option("--align-weight", help="μ: weight of the alignment term (mean squared error in standardised teacher units).")] = 1.0,
+    align_every: Annotated[int, typer.Option("--align-every", help="Refit W every N optimizer steps (--teacher-mode align).")] = 50,
+    target_acc: Annotated[float | None, typer.Option("--target-acc", help="Record the first evaluated epoch (and its FLOPs) whose held-out probe accuracy reaches X, in (0, 1).")] = None,
     eval_states: Annotated[int | None, typer.Option("--eval-states", help="Held-out states scored (from the selection's test split; the probe and kNN fit on up to 5,000 of its train states). [default: 2000, or all there are]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its last epoch.")] = False,
     data_dir: DataDirOpt = None,
@@ -203,6 +257,7 @@ def pretrain_command(
     from sjalign.cli.common import check_choice, check_data_dir, check_device, check_image_size
     from sjalign.jepa import PretrainConfig, pretrain, read_log
     from sjalign.jepa.checkpoint import is_run_folder
+    from sjalign.jepa.teacher import MODES
     from sjalign.jepa.config import PRECISIONS
     from sjalign.report.curves import write_curves
 
@@ -232,6 +287,15 @@ def pretrain_command(
     if patch_size is not None and patch_size < 1:
         raise SjalignError(f"--patch-size must be a positive number of pixels, got {patch_size}")
     check_choice("--precision", precision, PRECISIONS)
+    if teacher is None and (teacher_view is not None or teacher_mode != "align"):
+        raise SjalignError("--teacher-view and --teacher-mode need --teacher")
+    check_choice("--teacher-mode", teacher_mode, MODES)
+    if not align_weight >= 0 or align_weight == float("inf"):
+        raise SjalignError(f"--align-weight must be a finite number >= 0, got {align_weight}")
+    if align_every < 1:
+        raise SjalignError(f"--align-every must be >= 1 optimizer step, got {align_every}")
+    if target_acc is not None and not 0 < target_acc < 1:
+        raise SjalignError(f"--target-acc must be in (0, 1), got {target_acc}")
     check_device(device)
     check_image_size(image_size)
     check_data_dir(data_dir)
@@ -242,9 +306,24 @@ def pretrain_command(
     if not keep.any():
         raise SjalignError(f"no {split} states in the selection (--max-states {max_states}); nothing to train on")
     ds = selection.subset(np.flatnonzero(keep))
+    teacher_config = saved_teacher = None
+    if resume:
+        saved_teacher = _saved_field(output, "teacher")
+        target_acc = target_acc if target_acc is not None else _saved_field(output, "target_acc")
+    if teacher is not None or saved_teacher is not None:
+        spec = teacher if teacher is not None else saved_teacher["spec"]
+        t_view = teacher_view or (saved_teacher["view"] if teacher is None else view)
+        latents = _teacher_latents(spec, dataset, t_view, data_dir, Subset("all", parse_classes(classes), max_states),
+                                   ds, device, seed)
+        teacher_config = (saved_teacher if teacher is None else
+                          {"spec": spec, "view": t_view, "weight": align_weight, "every": align_every,
+                           "mode": teacher_mode, "dim": latents.dim})
+    else:
+        latents = None
     config = PretrainConfig(dataset=dataset, view=ds.view, objective=objective, model=model, max_states=max_states,
                             vit=_vit_for_data(model, ds.shape, patch_size), seed=seed, device=device,
-                            precision=precision, compile=compile_model, num_workers=num_workers, options=options, **given)
+                            precision=precision, compile=compile_model, num_workers=num_workers, options=options,
+                            teacher=teacher_config, target_acc=target_acc, **given)
     # a selection that fits IN_MEMORY_BYTES is rendered once; a larger one is read lazily every epoch
     images = ds.materialize(num_workers=num_workers) if ds.nbytes <= IN_MEMORY_BYTES else ds
     quiet = json_out or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
@@ -280,7 +359,8 @@ def pretrain_command(
 
     try:
         summary = pretrain(config, images, output, resume=resume, overwrite=force, eval_set=eval_set,
-                           eval_every=max(eval_every, 1), on_start=on_start, on_step=on_step, on_epoch=on_epoch)
+                           eval_every=max(eval_every, 1), teacher=latents, on_start=on_start, on_step=on_step,
+                           on_epoch=on_epoch)
     finally:
         if progress.live.is_started:  # Progress.stop() prints a newline even when never started
             progress.stop()

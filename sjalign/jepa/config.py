@@ -93,6 +93,11 @@ class PretrainConfig:
         grad_clip: max global gradient norm; None or 0 disables clipping.
         num_workers: DataLoader worker processes when ``pretrain`` reads a Dataset (0 = in the
             main process); does not change the results.
+        teacher: teacher–student migration (:mod:`sjalign.jepa.teacher`): ``{"spec", "view", "weight"
+            (μ), "every" (refit every N steps), "mode" ("align" or "kd"), "dim" (the teacher's
+            latent width), "buffer"}``; None: no teacher.
+        target_acc: probe accuracy in (0, 1) whose first crossing the run records (cost to
+            threshold); None: not recorded.
         options: the objective's hyper-parameters (``reg_weight``, ``temperature``, ...), as its
             class declares them (``Objective.options``: default, help, check); missing ones are
             filled with the objective's defaults, one it does not declare is an error. Each is
@@ -126,6 +131,8 @@ class PretrainConfig:
     grad_clip: float | None = 1.0
     num_workers: int = 0
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    teacher: dict[str, Any] | None = None
+    target_acc: float | None = None
 
     def __post_init__(self) -> None:
         from sjalign.jepa.objectives import objective_class  # deferred: the objectives import this package's vit
@@ -160,6 +167,12 @@ class PretrainConfig:
             problems.append(f"ema must be (start, end) with 0 <= start <= end <= 1, got {self.ema}")
         if self.pred_dim % 4 or self.pred_dim % self.vit.num_heads:
             problems.append(f"pred_dim {self.pred_dim} must be a multiple of 4 and of num_heads {self.vit.num_heads}")
+        if self.teacher is not None:
+            from sjalign.jepa.teacher import check_teacher_options
+
+            problems += check_teacher_options(self.teacher)
+        if self.target_acc is not None and not 0 < self.target_acc < 1:
+            problems.append(f"--target-acc must be in (0, 1), got {self.target_acc}")
         if not (0 < self.lr < math.inf and 0 <= self.min_lr < math.inf and 0 <= self.warmup_epochs < math.inf):
             problems.append("lr must be a finite number > 0, min_lr and warmup_epochs finite and >= 0")
         if problems:
@@ -235,6 +248,7 @@ class PretrainConfig:
         from sjalign.jepa.objectives import objective_class
 
         declared = getattr(objective_class(self.objective), "options", {})
+        teacher = None if self.teacher is None else {k: self.teacher.get(k) for k in ("spec", "view", "mode", "dim")}
         return {"objective": self.objective, "vit": dataclasses.asdict(self.vit), "pred_dim": self.pred_dim,
-                "pred_depth": self.pred_depth,
+                "pred_depth": self.pred_depth, "teacher": teacher,
                 **{k: v for k, v in self.options.items() if declared[k].architecture}}

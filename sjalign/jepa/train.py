@@ -46,6 +46,7 @@ from sjalign.jepa.config import PretrainConfig
 from sjalign.jepa.flops import StepFlops, signature
 from sjalign.jepa.monitor import EvalSet, evaluate_encoder, non_finite
 from sjalign.jepa.objectives import build_objective
+from sjalign.jepa.teacher import TeacherLatents, attach_alignment, fit_before_training
 
 StartCallback = Callable[[dict[str, Any]], None]
 StepCallback = Callable[[int, int, float, float], None]
@@ -140,6 +141,12 @@ class _Feed:
             raise SjalignError(f"pretrain: images of shape {item} do not fit model '{model_name}' "
                                f"(expects {expected})")
 
+    def take(self, rows: np.ndarray) -> torch.Tensor:
+        """(m, C, H, W) float32 images of rows ``rows``, on the CPU (outside the epoch's order)."""
+        if isinstance(self.images, torch.Tensor):
+            return self.images[torch.from_numpy(rows)].float()
+        return torch.stack([self.images[int(i)] for i in rows]).float()
+
     def start(self, device: torch.device, num_workers: int, seed: int) -> None:
         """Put a tensor on the device, or open the DataLoader (workers persist across epochs)."""
         self.device = device
@@ -184,6 +191,7 @@ def _masks_to(masks: Any, device: torch.device) -> Any:
 
 def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, resume: bool = False,
              overwrite: bool = False, eval_set: EvalSet | None = None, eval_every: int = 1,
+             teacher: TeacherLatents | None = None,
              on_start: StartCallback | None = None, on_step: StepCallback | None = None,
              on_epoch: EpochCallback | None = None) -> dict[str, Any]:
     """Train one encoder with ``config.objective`` and checkpoint it every epoch.
@@ -212,6 +220,10 @@ def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, res
             epochs and after the last; None: no evaluation. The figures go into the epoch's
             log record under ``"eval"``; evaluation never changes the weights.
         eval_every: evaluate every this many epochs (>= 1).
+        teacher: a frozen teacher's latents of the training states (row i for image i) when
+            ``config.teacher`` is set: the student adds the alignment term of
+            :mod:`sjalign.jepa.teacher` (one process only). Epoch records then carry
+            ``teacher_flops``, ``map_flops`` and ``align_fits``, and the terms ``align``.
         on_start: called once every check has passed, before the first step, with
             ``{"device", "world_size", "n", "steps_per_epoch", "total_steps", "start_epoch",
             "resumed"}`` (so a caller prints nothing for a refused run).
@@ -229,7 +241,10 @@ def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, res
     Returns:
         Summary ``{"out_dir", "checkpoint", "epochs", "steps", "loss", "first_loss",
         "seconds", "img_per_s", "flops", "device", "world_size", "num_params",
-        "resumed_from", "version", "eval"}``; ``eval`` lists ``{"epoch", "flops", **figures}``
+        "resumed_from", "version", "eval"}`` (with a teacher also ``teacher_flops``, ``map_flops``,
+        ``align_fits``; with ``config.target_acc`` also ``target``: ``{"acc", "epoch", "flops",
+        "total_flops"}`` of the first evaluated epoch whose probe accuracy reached it, None when none
+        did); ``eval`` lists ``{"epoch", "flops", **figures}``
         for every evaluated epoch (epoch 0 first), empty without ``eval_set``.
 
     Raises:
@@ -262,7 +277,7 @@ def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, res
     created = not out_dir.exists()
     try:
         return _train(config, feed, out_dir, state, info, device, on_start, on_step, on_epoch,
-                      eval_set if info.is_main else None, eval_every)
+                      eval_set if info.is_main else None, eval_every, teacher)
     except BaseException:
         if state is None and info.is_main:
             _undo_fresh_start(out_dir, created)
@@ -287,10 +302,14 @@ def _undo_fresh_start(out_dir: Path, created: bool) -> None:
 def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.TrainState | None,
            info: ddp.DistInfo, device: torch.device, on_start: StartCallback | None,
            on_step: StepCallback | None, on_epoch: EpochCallback | None, eval_set: EvalSet | None,
-           eval_every: int) -> dict[str, Any]:
+           eval_every: int, teacher: TeacherLatents | None) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)  # saved and restored with the train state; nothing here draws from it
-    model = build_objective(config).to(device)
+    model = build_objective(config)
+    align = attach_alignment(model, config, teacher)
+    if align is not None and info.enabled:
+        raise SjalignError("pretrain: --teacher runs in one process (not under torchrun)")
+    model = model.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, fused=True)
     generator = torch.Generator().manual_seed(config.seed)  # shuffling and masks (CPU), the same on every rank
 
@@ -340,6 +359,8 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
         on_start({"device": str(device), "world_size": info.world_size, "n": n, "steps_per_epoch": steps_per_epoch,
                   "total_steps": total_steps, "start_epoch": start_epoch, "resumed": state is not None})
 
+    if align is not None:
+        fit_before_training(align, model.encoder, feed.take, n, config.seed, device)
     if eval_set is not None and state is None:  # epoch 0: the run's own random-init baseline
         record = {"epoch": 0, "step": 0, "flops": 0, "eval": evaluate_encoder(model.export_encoder(), eval_set, device)}
         _stop_on_non_finite(out_dir, record, last_good=None)
@@ -360,9 +381,12 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with counter.count(signature(x, masks)) as key:
-                # 1. forward
+                # 1. forward (and the teacher alignment term on the student's pooled latents)
                 with amp:
                     loss = net(x, masks)
+                    if align is not None:
+                        align_term = align(model.encoder(x).float().mean(1), batches[i].numpy())
+                        loss = loss + align_term
                 # 2. backward (DDP averages the gradients over ranks) + step
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -374,7 +398,11 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
             momentum = model.after_step(step, total_steps)
             step += 1
             loss_sum += loss.detach()
-            for name, value in getattr(model, "last_terms", {}).items():  # detached, on the device: no sync
+            terms = dict(getattr(model, "last_terms", {}))
+            if align is not None:
+                align.after_step(step)  # refit W every N steps
+                terms["align"] = align_term.detach()
+            for name, value in terms.items():  # detached, on the device: no sync
                 term_sums[name] = term_sums.get(name, 0.0) + value.float()
             if on_step is not None and info.is_main:
                 img_s = (i + 1) * batch_size / max(time.perf_counter() - t_epoch, 1e-9)
@@ -387,8 +415,14 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
                   "seconds": round(seconds, 3), "img_per_s": round(steps_per_epoch * batch_size / max(seconds, 1e-9), 1),
                   "flops": flops,
                   "terms": {k: ddp.all_mean(v, info).item() / steps_per_epoch for k, v in sorted(term_sums.items())}}
+        if align is not None:
+            record.update(teacher_flops=align.teacher.flops, map_flops=align.map_flops, align_fits=align.fits)
         if eval_set is not None and (epoch + 1 == config.epochs or (epoch + 1) % eval_every == 0):
             record["eval"] = evaluate_encoder(model.export_encoder(), eval_set, device)
+            if config.target_acc is not None and not any(r.get("target_reached") for r in log):
+                probe = record["eval"].get("probe_acc")
+                if probe is not None and probe >= config.target_acc:
+                    record["target_reached"] = True
         _stop_on_non_finite(out_dir, record, last_good=epoch if epoch > 0 else None)
         log.append(record)
         if info.is_main:  # the train state first: it is the commit point
@@ -414,7 +448,23 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
         "device": str(device), "world_size": info.world_size, "num_params": num_params,
         "resumed_from": state.epoch if state is not None else None, "version": __version__,
         "eval": [{"epoch": r["epoch"], "flops": r["flops"], **r["eval"]} for r in log if "eval" in r],
+        **_cost_summary(config, log, align),
     }
+
+
+def _cost_summary(config: PretrainConfig, log: list[dict[str, Any]], align) -> dict[str, Any]:
+    """The run's cost figures: teacher forwards and map fits (migration overhead), and with ``target_acc``
+    the first evaluated epoch whose probe accuracy reached it (None when none did), with its FLOPs."""
+    out: dict[str, Any] = {}
+    if align is not None:
+        out.update(teacher_flops=align.teacher.flops, map_flops=align.map_flops, align_fits=align.fits)
+    if config.target_acc is not None:
+        hit = next((r for r in log if r.get("target_reached")), None)
+        out["target"] = {"acc": config.target_acc, "epoch": None if hit is None else hit["epoch"],
+                         "flops": None if hit is None else hit["flops"],
+                         "total_flops": None if hit is None else hit["flops"] + hit.get("teacher_flops", 0)
+                         + hit.get("map_flops", 0)}
+    return out
 
 
 def _stop_on_non_finite(out_dir: Path, record: dict[str, Any], *, last_good: int | None) -> None:
