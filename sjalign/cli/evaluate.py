@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from sjalign.cli.common import (
-    DeviceOpt, ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, output_path, console, emit_json, parse_ks, parse_lambda,
-    parse_latents_list, to_json,
+    DeviceOpt, ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, console, emit_json, output_path, parse_ks,
+    parse_lambda, parse_latents_list, to_json,
 )
 from sjalign.cli.fit_map import DEFAULT_LAMBDA, LambdaOpt, MethodOpt, TestFracOpt
 from sjalign.errors import SjalignError

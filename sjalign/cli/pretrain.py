@@ -250,15 +250,15 @@ def pretrain_command(
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from sjalign.cli.common import check_choice, check_data_dir, check_device, check_image_size
     from sjalign.data import open_dataset
     from sjalign.data.lazy import IN_MEMORY_BYTES
     from sjalign.data.selection import Subset, parse_classes
     from sjalign.errors import SjalignError
-    from sjalign.cli.common import check_choice, check_data_dir, check_device, check_image_size
     from sjalign.jepa import PretrainConfig, pretrain, read_log
     from sjalign.jepa.checkpoint import is_run_folder
-    from sjalign.jepa.teacher import MODES
     from sjalign.jepa.config import PRECISIONS
+    from sjalign.jepa.teacher import MODES
     from sjalign.report.curves import write_curves
 
     if resume and force:
