@@ -339,7 +339,7 @@ def check_output_folder(path: str | os.PathLike, force: bool, kind: str, *,
             raise SjalignError(f"{text}: folder already exists (use --force to replace it)")
         marker = read_marker(path)
         if marker is None or marker.get("kind") != kind:
-            raise SjalignError(f"{text}: not a {kind} folder written by sjalign (no marker {MARKER_FILE}); "
+            raise SjalignError(f"{text}: not an sjalign {kind} folder (no marker {MARKER_FILE} of that kind); "
                                "--force replaces only those, so nothing was deleted")
         foreign = sorted(set(os.listdir(path)) - set(marker["files"]) - {MARKER_FILE})
         if foreign:

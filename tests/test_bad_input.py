@@ -159,7 +159,7 @@ def test_report_force_never_deletes_a_folder_sjalign_did_not_write(runner, ws):
     (proj / "src" / "main.py").write_text("print('mine')\n")
     (proj / "README").write_text("my project\n")
     expect_error(runner, ws, ["evaluate", f(ws, "a"), f(ws, "b"), "--report", proj, "--force",
-                              "--permutations", "1", "--pair-budget", "16"], "proj", "not a evaluate-report folder")
+                              "--permutations", "1", "--pair-budget", "16"], "proj", "not an sjalign evaluate-report folder")
 
 
 def test_report_force_replaces_its_own_report_but_not_files_added_to_it(runner, ws):

@@ -81,7 +81,7 @@ def test_folder_publication_and_force_rules(tmp_path, monkeypatch):
     assert sorted(os.listdir(rep)) == [MARKER_FILE, "index.html"]
     with pytest.raises(SjalignError, match="appeared while"):
         publish_folder({"index.html": b"2"}, rep, "report", force=False)
-    with pytest.raises(SjalignError, match="not a other folder written by sjalign"):
+    with pytest.raises(SjalignError, match="not an sjalign other folder"):
         check_output_folder(rep, True, "other")
     publish_folder({"index.html": b"3", "a.png": b"p"}, rep, "report", force=True)
     assert (rep / "index.html").read_bytes() == b"3" and (rep / "a.png").exists()

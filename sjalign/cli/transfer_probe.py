@@ -44,8 +44,8 @@ def transfer_probe_command(
     amap, meta = load_map(map_path)
     a, b, pairs = load_pairs(a_path, b_path)
     direction = map_direction(meta, map_path, a_path, b_path, a.dim, b.dim, amap.W.shape)
-    check_pair(meta, map_path, {"a": [a_path], "b": [b_path]} if direction == "a->b" else {"a": [b_path], "b": [a_path]},
-               strict=strict)
+    sides = {"a": [a_path], "b": [b_path]} if direction == "a->b" else {"a": [b_path], "b": [a_path]}
+    check_pair(meta, map_path, sides, strict=strict)
     try:
         split = choose_split(pairs, train_state_ids=amap.train_state_ids)
     except SjalignError as exc:

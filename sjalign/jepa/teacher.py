@@ -117,8 +117,8 @@ class LatentAlignment(nn.Module):
     """The alignment term and its state; a submodule of the objective, so it is saved and resumed with it.
 
     Buffers (in the state dict): ``W`` (d_t, d_s), ``t_mean``, ``t_std`` (d_t,), ``fitted``
-    (whether a first fit happened), ``n_fits`` and ``overhead_flops`` (cumulative counts). ``kd`` adds the learned head
-    ``head`` (d_s -> d_t), trained by the student's optimizer.
+    (whether a first fit happened), ``n_fits`` and ``overhead_flops`` (cumulative counts).
+    ``kd`` adds the learned head ``head`` (d_s -> d_t), trained by the student's optimizer.
 
     Args:
         d_student: the student's latent width d_s.
@@ -133,7 +133,8 @@ class LatentAlignment(nn.Module):
         if problems:
             raise SjalignError("pretrain: " + "; ".join(problems))
         d_t = int(teacher["dim"])
-        self.mode, self.weight, self.every, self.lam = teacher["mode"], float(teacher["weight"]), int(teacher["every"]), lam
+        self.mode, self.weight, self.every = teacher["mode"], float(teacher["weight"]), int(teacher["every"])
+        self.lam = lam
         self.capacity = int(teacher.get("buffer", DEFAULT_BUFFER))
         self.register_buffer("W", torch.zeros(d_t, d_student))
         self.register_buffer("t_mean", torch.zeros(d_t))
