@@ -6,8 +6,10 @@ frozen teacher's latents of the same states (seen through the teacher's own view
     align (migration):  L += μ · mean_{batch, j} ((Ẑ_s Wᵀ − Ẑ_t)_j)²      W refitted by ridge every N steps
     kd (baseline):      L += μ · mean_{batch, j} ((Ẑ_s Hᵀ + h − Ẑ_t)_j)²  H, h learned jointly, no refits
 
-Ẑ_t (b, d_t) are the teacher's latents standardised per dimension (its mean and std over all
-training states: the teacher is fixed). Ẑ_s (b, d_s) are the student's mean-pooled encoder
+Ẑ_t (b, d_t) are the teacher's latents standardised per dimension with their mean and std over
+all training states (the teacher is fixed; as fit-map standardises, SPEC §3). One scale for all
+dimensions instead changed nothing for ``align`` and cost ``kd`` 1.7 probe points (docs/results.md).
+Ẑ_s (b, d_s) are the student's mean-pooled encoder
 tokens of the batch (with gradient), centred on the batch mean and divided by the batch's RMS
 deviation over all dimensions (:func:`normalise_batch`, a BatchNorm without affine and with one
 scale). Statistics stored at a refit would not do: a student early in training is nearly
