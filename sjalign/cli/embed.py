@@ -101,14 +101,14 @@ def embed_command(
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from sjalign.cli.common import check_choice, check_data_dir, check_device, check_image_size
     from sjalign.data import dataset_kind, load_text, open_dataset
     from sjalign.data.selection import Subset, parse_classes
     from sjalign.embed import embed_dataset, embed_observations
     from sjalign.encoders import EncoderOptions, create_encoder
+    from sjalign.encoders.base import POOLINGS
     from sjalign.errors import SjalignError
     from sjalign.io import Latents, check_output, provenance, save_latents
-    from sjalign.cli.common import check_choice, check_data_dir, check_device, check_image_size
-    from sjalign.encoders.base import POOLINGS
     from sjalign.jepa.config import PretrainConfig
 
     if batch_size < 1:

@@ -25,7 +25,6 @@ same seeded order, with the same results as the tensor.
 from __future__ import annotations
 
 import contextlib
-
 import math
 import time
 import warnings
