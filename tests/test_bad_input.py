@@ -181,6 +181,11 @@ def test_report_folder_that_is_the_current_folder_or_holds_an_input(runner, ws, 
                               "--permutations", "1"], "elsewhere")
 
 
+def test_json_output_inside_the_report_folder_is_refused(runner, ws):
+    expect_error(runner, ws, ["evaluate", f(ws, "a"), f(ws, "b"), "--report", ws / "rep", "-o", ws / "rep" / "m.json",
+                              "--permutations", "1"], "lies inside --report")
+
+
 def test_pretrain_force_refuses_a_folder_that_is_not_a_run(runner, tmp_path):
     mine = tmp_path / "myproject"
     mine.mkdir()

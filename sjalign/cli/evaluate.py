@@ -278,14 +278,14 @@ def evaluate_command(
     if control_a is not None:
         c_paths = (parse_latents_list(control_a, "--control-a"), parse_latents_list(control_b, "--control-b"))
     inputs = [*a_paths, *b_paths, *(c_paths[0] + c_paths[1] if c_paths else ()), *([map_path] if map_path else ())]
+    if report is not None and output is not None and output.resolve().parent == report.resolve():
+        raise SjalignError(f"{output}: lies inside --report {report}, which is replaced whole; write it elsewhere")
     if output is not None:
         check_output(output, force, inputs=inputs)
     if report is not None:
         from sjalign.report import check_report_dir
 
-        check_report_dir(report, force, inputs=inputs + ([output] if output is not None else []))
-        if output is not None and output.resolve().parent == report.resolve():
-            raise SjalignError(f"{output}: lies inside --report {report}, which is replaced whole; write it elsewhere")
+        check_report_dir(report, force, inputs=inputs)
     amap = None
     if map_path is not None:
         amap, map_meta = load_map(map_path)
