@@ -242,7 +242,7 @@ def load_latents(path: str | os.PathLike) -> Latents:
 
     lazy = open_latents(path)
     keys = ("latents", *(f"layer.{name}" for name in lazy.layer_names))
-    with safe_open(str(lazy.path), framework="pt") as f, np.errstate(over="ignore"):
+    with safe_open(str(lazy.path), framework="pt") as f:
         arrays = {k: f.get_tensor(k).to(torch.float32).numpy() for k in keys}
     lat = Latents(latents=arrays["latents"], state_ids=lazy.state_ids, labels=lazy.labels, split=lazy.split,
                   metadata=lazy.metadata, path=lazy.path,

@@ -107,21 +107,18 @@ def sweep_stale(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-# sjalign's own result files: one inside an input folder (say latents beside a run's checkpoint) may be replaced
-REPLACEABLE = ("latents/1", "map/1", "probe/1")
+def _replaceable(path: Path) -> bool:
+    """Whether ``path`` is one of sjalign's own result files (latents, map, probe: its header's tag), which may
+    be replaced inside an input folder (say latents written earlier beside a run's checkpoint)."""
+    from sjalign.io import LATENTS_FORMAT, MAP_FORMAT, PROBE_FORMAT  # deferred: io imports this module
+    from sjalign.lazy_io import read_header
 
-
-def _format_tag(path: Path) -> str | None:
-    """The ``sjalign.format`` tag of a safetensors file (its header only), or None."""
     try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if not 0 < size <= 100_000_000:
-                return None
-            tag = json.loads(f.read(size)).get("__metadata__", {}).get("sjalign.format")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return tag if isinstance(tag, str) else None
+        header, _ = read_header(path)
+    except (SjalignError, OSError):
+        return False
+    meta = header.get("__metadata__")
+    return isinstance(meta, dict) and meta.get("sjalign.format") in (LATENTS_FORMAT, MAP_FORMAT, PROBE_FORMAT)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -170,7 +167,7 @@ def check_output(path: str | os.PathLike, force: bool, *, inputs: Iterable[str |
         source = Path(source)
         if _same_file(path, source) or path.resolve() == source.resolve():
             raise SjalignError(f"{text}: is also an input of this command ({source}); write the output elsewhere")
-        if source.is_dir() and os.path.lexists(path) and _inside(path, source) and _format_tag(path) not in REPLACEABLE:
+        if source.is_dir() and os.path.lexists(path) and _inside(path, source) and not _replaceable(path):
             raise SjalignError(f"{text}: exists inside {source}, which this command reads; write the output elsewhere")
     if os.path.lexists(path):
         if not path.exists():
@@ -391,20 +388,14 @@ def publish_folder(files: dict[str, bytes], path: str | os.PathLike, kind: str, 
                 if exc.errno not in _UNSUPPORTED:
                     raise
                 os.rename(tmp, path)  # no renameat2: rename still refuses a non-empty folder
-    except FileExistsError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SjalignError(f"{path}: appeared while this command ran (another writer?); left as it is") from None
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not os.path.lexists(path):
-            os.rename(old, path)
-            old = None
-        raise io_error(path, exc) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not os.path.lexists(path):
-            os.rename(old, path)
-            old = None
+            os.rename(old, path)  # the previous folder goes back
+        if isinstance(exc, FileExistsError):
+            raise SjalignError(f"{path}: appeared while this command ran (another writer?); left as it is") from None
+        if isinstance(exc, OSError):
+            raise io_error(path, exc) from None
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

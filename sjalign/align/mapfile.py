@@ -81,13 +81,20 @@ def fitted_on(a_paths: Sequence[str | os.PathLike], b_paths: Sequence[str | os.P
     return {"fitted_on": json.dumps({"a": [fingerprint(p) for p in a_paths], "b": [fingerprint(p) for p in b_paths]})}
 
 
-def _recorded(meta: Mapping[str, str]) -> tuple[frozenset[str], frozenset[str], str] | None:
-    """The map's A and B inputs as (fingerprints or SHA-256 digests, ..., which kind), or None if unrecorded."""
+def _fitted_on(meta: Mapping[str, str]) -> dict[str, list[str]] | None:
+    """The map's recorded fingerprints ``{"a": [...], "b": [...]}``, or None (a map from before they were recorded)."""
     try:
         sides = json.loads(meta["fitted_on"])
-        return frozenset(map(str, sides["a"])), frozenset(map(str, sides["b"])), "fingerprint"
-    except (KeyError, TypeError, json.JSONDecodeError):
-        pass
+        return {side: [str(h) for h in sides.get(side, [])] for side in ("a", "b")}
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError):
+        return None
+
+
+def _recorded(meta: Mapping[str, str]) -> tuple[frozenset[str], frozenset[str], str] | None:
+    """The map's A and B inputs as (fingerprints or SHA-256 digests, ..., which kind), or None if unrecorded."""
+    sides = _fitted_on(meta)
+    if sides is not None:
+        return frozenset(sides["a"]), frozenset(sides["b"]), "fingerprint"
     try:  # maps written before fingerprints: the inputs' SHA-256 (a full read of each file)
         inputs = json.loads(meta.get("inputs", "{}"))
 
@@ -168,13 +175,12 @@ def check_pair(meta: Mapping[str, str], map_path, sides: Mapping[str, Sequence[s
 
     from sjalign.lazy_io import fingerprint
 
-    try:
-        recorded = json.loads(meta["fitted_on"])
-    except (KeyError, TypeError, json.JSONDecodeError):
+    recorded = _fitted_on(meta)
+    if recorded is None:
         return []
     problems = []
     for side, paths in sides.items():
-        known = [str(h) for h in recorded.get(side, [])]
+        known = recorded[side]
         for p in paths:
             h = fingerprint(p)
             if h not in known:

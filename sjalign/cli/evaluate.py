@@ -11,9 +11,9 @@ import typer
 
 from sjalign.cli.common import (
     DeviceOpt, ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, console, emit_json, output_path, parse_ks,
-    parse_lambda, parse_latents_list, to_json,
+    parse_latents_list, to_json,
 )
-from sjalign.cli.fit_map import DEFAULT_LAMBDA, LambdaOpt, MethodOpt, TestFracOpt
+from sjalign.cli.fit_map import LambdaOpt, MethodOpt, TestFracOpt, resolve_lambda
 from sjalign.errors import SjalignError
 
 SWEEP_KEYS = ("r2", "cka", "dsc", "nos@10", "retrieval@1", "kappa")
@@ -260,9 +260,7 @@ def evaluate_command(
         flag_conflicts({"--method": method is not None, "--lambda": lam is not None, "--resplit": resplit},
                        "the map is fitted already (on its own train states)", "--map")
     method = check_choice("--method", method or "ridge", METHODS)
-    if lam is not None and method != "ridge":
-        raise SjalignError(f"--method {method} and --lambda {lam} contradict each other: λ applies to ridge only")
-    lam_value = parse_lambda(DEFAULT_LAMBDA if lam is None else lam)
+    lam_value = resolve_lambda(method, lam)
     check_fraction("--test-fraction", test_fraction)
     check_device(device)
     if permutations < 1:

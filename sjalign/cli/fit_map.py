@@ -40,6 +40,20 @@ class FitMapConfig:
     chunk_rows: int = 8192
 
 
+def resolve_lambda(method: str, lam: str | None) -> float | str:
+    """λ of ``--method`` and ``--lambda``: the given value for ridge (default 1e-3), 0 for the others.
+
+    Raises:
+        SjalignError: ``--lambda`` given with lstsq or procrustes (both flags named), or a bad λ.
+    """
+    from sjalign.errors import SjalignError
+
+    if lam is not None and method != "ridge":
+        raise SjalignError(f"--method {method} and --lambda {lam} contradict each other: λ applies to ridge only "
+                           f"({method} {'has no λ' if method == 'procrustes' else 'is λ = 0'})")
+    return parse_lambda(DEFAULT_LAMBDA if lam is None else lam)
+
+
 def load_pairs(a_path: Path, b_path: Path):
     """Read both latents files and pair them by state id, saying how many ids were dropped."""
     from sjalign.data.pairing import pair_by_state_id
@@ -111,10 +125,7 @@ def fit_map_command(
     check_choice("--method", method, METHODS)
     check_choice("--precision", precision, PRECISIONS)
     check_fraction("--test-fraction", test_fraction)
-    if lam is not None and method != "ridge":
-        raise SjalignError(f"--method {method} and --lambda {lam} contradict each other: λ applies to ridge only "
-                           f"({method} {'has no λ' if method == 'procrustes' else 'is λ = 0'})")
-    lam_value = parse_lambda(DEFAULT_LAMBDA if lam is None else lam)
+    lam_value = resolve_lambda(method, lam)
     a_paths, b_paths = parse_latents_list(a_arg, "A"), parse_latents_list(b_arg, "B")
     check_output(output, force, inputs=[*a_paths, *b_paths])
     a_set, b_set = open_latents_set(a_paths), open_latents_set(b_paths)

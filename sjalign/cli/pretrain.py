@@ -250,7 +250,7 @@ def pretrain_command(
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from sjalign.cli.common import check_choice, check_data_dir, check_device, check_image_size
+    from sjalign.cli.common import check_choice, check_data_dir, check_device, check_fraction, check_image_size
     from sjalign.data import open_dataset
     from sjalign.data.lazy import IN_MEMORY_BYTES
     from sjalign.data.selection import Subset, parse_classes
@@ -294,8 +294,8 @@ def pretrain_command(
         raise SjalignError(f"--align-weight must be a finite number >= 0, got {align_weight}")
     if align_every < 1:
         raise SjalignError(f"--align-every must be >= 1 optimizer step, got {align_every}")
-    if target_acc is not None and not 0 < target_acc < 1:
-        raise SjalignError(f"--target-acc must be in (0, 1), got {target_acc}")
+    if target_acc is not None:
+        check_fraction("--target-acc", target_acc)
     check_device(device)
     check_image_size(image_size)
     check_data_dir(data_dir)

@@ -162,6 +162,10 @@ class LatentAlignment(nn.Module):
     def add_flops(self, flops: float) -> None:
         self.overhead_flops += flops
 
+    def costs(self) -> dict[str, float | int]:
+        """``{"teacher_flops", "map_flops", "align_fits"}`` so far: what migration costs beside training."""
+        return {"teacher_flops": self.teacher.flops, "map_flops": self.map_flops, "align_fits": self.fits}
+
     def attach(self, teacher: TeacherLatents) -> None:
         """Give the term its teacher's latents (not saved: they are recomputed from the spec on resume)."""
         if teacher.dim != self.W.shape[0]:

@@ -415,7 +415,7 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
                   "flops": flops,
                   "terms": {k: ddp.all_mean(v, info).item() / steps_per_epoch for k, v in sorted(term_sums.items())}}
         if align is not None:
-            record.update(teacher_flops=align.teacher.flops, map_flops=align.map_flops, align_fits=align.fits)
+            record.update(align.costs())
         if eval_set is not None and (epoch + 1 == config.epochs or (epoch + 1) % eval_every == 0):
             record["eval"] = evaluate_encoder(model.export_encoder(), eval_set, device)
             if config.target_acc is not None and not any(r.get("target_reached") for r in log):
@@ -456,7 +456,7 @@ def _cost_summary(config: PretrainConfig, log: list[dict[str, Any]], align) -> d
     the first evaluated epoch whose probe accuracy reached it (None when none did), with its FLOPs."""
     out: dict[str, Any] = {}
     if align is not None:
-        out.update(teacher_flops=align.teacher.flops, map_flops=align.map_flops, align_fits=align.fits)
+        out.update(align.costs())
     if config.target_acc is not None:
         hit = next((r for r in log if r.get("target_reached")), None)
         out["target"] = {"acc": config.target_acc, "epoch": None if hit is None else hit["epoch"],
