@@ -196,6 +196,66 @@ def epoch_line(record: dict) -> str:
     return line + (f"; {eval_line(record['eval'])}" if "eval" in record else "")
 
 
+def _run_pair(config_a, selection_a, ds_a, view_b: str, method: str, seed_b: int, weight: float, every: int,
+              open_args: dict, *, keep_split: str, output: Path, force: bool, eval_every: int,
+              eval_states: int | None, patch_size: int | None, json_out: bool) -> None:
+    """``pretrain --mutual VIEW``: model a on ``config_a``'s view, model b on VIEW (seed ``seed_b``), same states.
+
+    Raises:
+        SjalignError: the two views share no training state, or anything the trainer refuses.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    from sjalign.data import open_dataset
+    from sjalign.errors import SjalignError
+    from sjalign.jepa import read_log
+    from sjalign.jepa.mutual import MutualOptions, pretrain_pair
+    from sjalign.report.curves import write_curves
+
+    selection_b = open_dataset(view=view_b, seed=config_a.seed, **open_args)
+    keep = np.ones(len(selection_b), bool) if keep_split == "all" else selection_b.is_test == (keep_split == "test")
+    ds_b = selection_b.subset(np.flatnonzero(keep))
+    shared, rows_a, rows_b = np.intersect1d(ds_a.state_ids, ds_b.state_ids, return_indices=True)
+    if len(shared) < 2:
+        raise SjalignError(f"--mutual {view_b}: shares {len(shared)} training state(s) with --view {ds_a.view}; "
+                           "mutual teaching needs paired observations of the same states")
+    ds_a, ds_b = ds_a.subset(rows_a), ds_b.subset(rows_b)  # row i of both: the same state
+    config_a = dataclasses.replace(config_a, mutual={"method": method, "weight": weight, "every": every,
+                                                     "role": "a", "partner_view": ds_b.view, "partner_seed": seed_b})
+    config_b = dataclasses.replace(config_a, view=ds_b.view, seed=seed_b,
+                                   vit=_vit_for_data(config_a.model, ds_b.shape, patch_size),
+                                   mutual={**config_a.mutual, "role": "b", "partner_view": ds_a.view,
+                                           "partner_seed": config_a.seed})
+    sets = (None, None) if eval_every == 0 else (_eval_set(selection_a, eval_states), _eval_set(selection_b, eval_states))
+
+    def on_start(runs: dict) -> None:
+        if not json_out:
+            console.print(f"pretrain a pair ({config_a.objective}, method {method}, γ {weight:g}, maps refitted every "
+                          f"{every} steps): a on view {ds_a.view}, b on view {ds_b.view}, {len(ds_a)} states, "
+                          f"{config_a.epochs} epoch(s) on {runs['a']['device']} -> {output}/a, {output}/b")
+
+    def on_epoch(record: dict) -> None:
+        run_dir = output / record["model"]
+        if sets[0] is not None:  # each model's picture of its log so far, beside its checkpoint
+            write_curves(run_dir, read_log(run_dir) if record["epoch"] else [record],
+                         title=f"{config_a.objective} {config_a.model} on {config_a.dataset} view "
+                               f"{(ds_a if record['model'] == 'a' else ds_b).view} (mutual, method {method})")
+        if not json_out:
+            console.print(f"{record['model']}: " + epoch_line(record))
+
+    summary = pretrain_pair(config_a, config_b, ds_a.materialize(), ds_b.materialize(), output,
+                            MutualOptions(method=method, weight=weight, every=every), overwrite=force,
+                            eval_sets=sets, eval_every=max(eval_every, 1), on_start=on_start, on_epoch=on_epoch)
+    if json_out:
+        emit_json(summary)
+    else:
+        console.print(f"wrote {summary['a']['checkpoint']} and {summary['b']['checkpoint']} "
+                      f"({summary['seconds']:.0f} s; {summary['flops']:.3g} training FLOPs for both, "
+                      f"{summary['map_flops']:.3g} for {summary['align_fits']} map fits)")
+
+
 @cli_command
 def pretrain_command(
     ctx: typer.Context,
@@ -223,6 +283,9 @@ def pretrain_command(
     teacher_mode: Annotated[str, typer.Option("--teacher-mode", help="align: μ‖W ẑ_s − ẑ_t‖² with W refitted by ridge every N steps (migration); kd: a linear head learned jointly instead (the distillation baseline).")] = "align",
     align_weight: Annotated[float, typer.Option("--align-weight", help="μ: weight of the alignment term (mean squared error in standardised teacher units).")] = 1.0,
     align_every: Annotated[int, typer.Option("--align-every", help="Refit W every N optimizer steps (--teacher-mode align).")] = 50,
+    mutual: Annotated[str | None, typer.Option("--mutual", help="Mutual teaching: train a second model at once on this view of the same states, both with the cross-model term (γ = --align-weight, maps refitted every --align-every steps); writes -o/a and -o/b, two ordinary runs.")] = None,
+    mutual_method: Annotated[str, typer.Option("--mutual-method", help="b: γ‖W z_a − z_b‖², one map, gradient to both models (strong coupling); a: each model pulled toward the other's latents mapped into its own space, detached (alternating alignment).")] = "b",
+    mutual_seed: Annotated[int | None, typer.Option("--mutual-seed", help="Seed of the second model. [default: --seed + 1]")] = None,
     target_acc: Annotated[float | None, typer.Option("--target-acc", help="Record the first evaluated epoch (and its FLOPs) whose held-out probe accuracy reaches X, in (0, 1).")] = None,
     eval_states: Annotated[int | None, typer.Option("--eval-states", help="Held-out states scored (from the selection's test split; the probe and kNN fit on up to 5,000 of its train states). [default: 2000, or all there are]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its last epoch.")] = False,
@@ -258,16 +321,32 @@ def pretrain_command(
     from sjalign.jepa import PretrainConfig, pretrain, read_log
     from sjalign.jepa.checkpoint import is_run_folder
     from sjalign.jepa.config import PRECISIONS
+    from sjalign.jepa.mutual import METHODS
     from sjalign.jepa.teacher import MODES
     from sjalign.report.curves import write_curves
 
     if resume and force:
         raise SjalignError("--resume and --force contradict each other (continue a run, or start it afresh)")
+    if mutual is None and (mutual_method != "b" or mutual_seed is not None):
+        raise SjalignError("--mutual-method and --mutual-seed need --mutual")
+    if mutual is not None:
+        for flag, given_value in (("--teacher", teacher), ("--resume", resume or None)):
+            if given_value is not None:
+                raise SjalignError(f"--mutual and {flag} cannot be combined (mutual teaching trains two models from "
+                                   "scratch, without a teacher, in one go)")
     if output.exists() and not output.is_dir():
         raise SjalignError(f"{output}: exists and is not a folder")
     if resume and not output.is_dir():
         raise SjalignError(f"{output}: no run to resume")
-    if not resume and output.is_dir() and any(output.iterdir()):
+    if mutual is not None and output.is_dir() and any(output.iterdir()):
+        from sjalign.jepa.mutual import is_pair_folder
+
+        if not force:
+            raise SjalignError(f"{output}: folder already holds files (use --force to restart the pair)")
+        if not is_pair_folder(output):
+            raise SjalignError(f"{output}: not a pair folder written by sjalign pretrain --mutual (no readable "
+                               "pair.json); --force restarts only those, so nothing was deleted")
+    elif not resume and output.is_dir() and any(output.iterdir()):
         if not force:
             raise SjalignError(f"{output}: run folder already holds files (use --resume to continue or --force to "
                                "restart)")
@@ -290,6 +369,7 @@ def pretrain_command(
     if teacher is None and (teacher_view is not None or teacher_mode != "align"):
         raise SjalignError("--teacher-view and --teacher-mode need --teacher")
     check_choice("--teacher-mode", teacher_mode, MODES)
+    check_choice("--mutual-method", mutual_method, METHODS)
     if not align_weight >= 0 or align_weight == float("inf"):
         raise SjalignError(f"--align-weight must be a finite number >= 0, got {align_weight}")
     if align_every < 1:
@@ -324,6 +404,13 @@ def pretrain_command(
                             vit=_vit_for_data(model, ds.shape, patch_size), seed=seed, device=device,
                             precision=precision, compile=compile_model, num_workers=num_workers, options=options,
                             teacher=teacher_config, target_acc=target_acc, **given)
+    if mutual is not None:
+        _run_pair(config, selection, ds, mutual, mutual_method, seed + 1 if mutual_seed is None else mutual_seed,
+                  align_weight, align_every, dict(dataset=dataset, data_dir=data_dir, image_size=image_size,
+                                                  subset=Subset("all", parse_classes(classes), max_states)),
+                  keep_split=split, output=output, force=force, eval_every=eval_every, eval_states=eval_states,
+                  patch_size=patch_size, json_out=json_out)
+        return
     # a selection that fits IN_MEMORY_BYTES is rendered once; a larger one is read lazily every epoch
     images = ds.materialize(num_workers=num_workers) if ds.nbytes <= IN_MEMORY_BYTES else ds
     quiet = json_out or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports

@@ -98,6 +98,9 @@ class PretrainConfig:
             latent width), "buffer"}``; None: no teacher.
         target_acc: probe accuracy in (0, 1) whose first crossing the run records (cost to
             threshold); None: not recorded.
+        mutual: provenance of a model trained by mutual teaching (:mod:`sjalign.jepa.mutual`):
+            ``{"method", "weight" (γ), "every", "role" ("a" or "b"), "partner_view", "partner_seed"}``;
+            None: trained alone.
         options: the objective's hyper-parameters (``reg_weight``, ``temperature``, ...), as its
             class declares them (``Objective.options``: default, help, check); missing ones are
             filled with the objective's defaults, one it does not declare is an error. Each is
@@ -133,6 +136,7 @@ class PretrainConfig:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     teacher: dict[str, Any] | None = None
     target_acc: float | None = None
+    mutual: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from sjalign.jepa.objectives import objective_class  # deferred: the objectives import this package's vit

@@ -298,165 +298,239 @@ def _undo_fresh_start(out_dir: Path, created: bool) -> None:
             out_dir.rmdir()  # only if empty
 
 
+class _Trainee:
+    """One model's training: its objective, optimizer, seeded generator, schedule, FLOPs and log.
+
+    :func:`pretrain` trains one; :mod:`sjalign.jepa.mutual` trains two in lockstep on paired
+    batches. Building it seeds torch's and numpy's global RNG with ``config.seed`` (model
+    initialisation), then restores ``state`` (a resumed run) or clears ``out_dir`` of an old
+    run's files, writes ``config.json`` and starts the feed.
+
+    Raises:
+        SjalignError: a teacher under torchrun, a batch of fewer than 2 images per process, or a
+            resumed state made with another dataset or batch size.
+    """
+
+    def __init__(self, config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.TrainState | None,
+                 info: ddp.DistInfo, device: torch.device, eval_set: EvalSet | None, eval_every: int,
+                 teacher: TeacherLatents | None = None) -> None:
+        self.config, self.feed, self.out_dir, self.state, self.info = config, feed, out_dir, state, info
+        self.device, self.eval_set, self.eval_every = device, eval_set, eval_every
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)  # saved and restored with the train state; nothing here draws from it
+        model = build_objective(config)
+        self.align = attach_alignment(model, config, teacher)
+        if self.align is not None and info.enabled:
+            raise SjalignError("pretrain: --teacher runs in one process (not under torchrun)")
+        self.model = model.to(device)
+        self.optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, fused=True)
+        self.generator = torch.Generator().manual_seed(config.seed)  # shuffling and masks (CPU), the same on every rank
+
+        self.n = n = feed.n
+        self.batch_size = batch_size = min(config.batch_size, n)  # global
+        self.rows = ddp.local_slice(batch_size, info)
+        if self.rows.stop - self.rows.start < 2:  # batch statistics (SIGReg, VICReg, BatchNorm, NT-Xent) need two rows
+            raise SjalignError(f"pretrain: a batch of {self.rows.stop - self.rows.start} image(s) per process is too "
+                               f"small (at least 2: {n} training image(s), --batch-size {config.batch_size}, "
+                               f"{info.world_size} process(es))")
+        self.steps_per_epoch = n // batch_size  # the last incomplete batch is dropped
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
+
+        self.start_epoch, self.step, self.log, self.flops = 0, 0, [], 0
+        if state is not None:
+            ckpt.restore_train_state(state, model, self.optimizer, self.generator)
+            self.start_epoch, self.step, self.log, self.flops = state.epoch, state.step, list(state.log), state.flops
+            if self.step != self.start_epoch * self.steps_per_epoch:
+                raise SjalignError(f"{out_dir}: cannot resume with a different dataset size or batch size "
+                                   f"({self.step} steps in {self.start_epoch} epochs, now {self.steps_per_epoch} "
+                                   f"steps per epoch)")
+            if info.is_main:  # a kill after the train state but before these: rebuild them from it
+                ckpt.remove_stale_temp_files(out_dir)
+                if ckpt.checkpoint_epoch(out_dir) != self.start_epoch:
+                    ckpt.save_checkpoint(out_dir, model, config, epoch=self.start_epoch)
+                ckpt.write_log(out_dir, self.log)
+        elif info.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for name in (ckpt.CHECKPOINT_FILE, ckpt.TRAIN_STATE_FILE, ckpt.LOG_FILE, ckpt.CURVES_FILE):
+                (out_dir / name).unlink(missing_ok=True)  # a fresh run leaves nothing of an old one
+        if info.is_main:
+            ckpt.write_config_json(out_dir, config)
+        ddp.barrier(info)
+
+        if config.compile:
+            for module in model.children():
+                module.compile()
+        self.amp = autocast(device, config.precision)
+        feed.start(device, config.num_workers, config.seed)
+        self.net = ddp.wrap(model, info, device)  # forward through DDP; everything else on the objective
+        self.params = model.trainable_parameters()
+        self.num_params = sum(p.numel() for p in model.export_encoder().parameters())
+        self.counter = StepFlops()
+        self.lr, self.momentum = config.lr, config.ema[0]
+        model.train()
+
+    def run_info(self) -> dict[str, Any]:
+        """What ``on_start`` receives."""
+        return {"device": str(self.device), "world_size": self.info.world_size, "n": self.n,
+                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+                "start_epoch": self.start_epoch, "resumed": self.state is not None}
+
+    def evaluate_init(self, on_epoch: EpochCallback | None) -> None:
+        """Epoch 0 of a fresh run with an eval set: the run's own random-init baseline, logged and reported."""
+        if self.eval_set is None or self.state is not None:
+            return
+        record = {"epoch": 0, "step": 0, "flops": 0,
+                  "eval": evaluate_encoder(self.model.export_encoder(), self.eval_set, self.device)}
+        _stop_on_non_finite(self.out_dir, record, last_good=None)
+        self.log.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    def begin_epoch(self) -> list[torch.Tensor]:
+        """Start an epoch: this epoch's index batches (this rank's rows of each), drawn from the generator."""
+        self.t_epoch, self.loss_sum, self.term_sums = time.perf_counter(), torch.zeros((), device=self.device), {}
+        order = torch.randperm(self.n, generator=self.generator)
+        return [order[i * self.batch_size:(i + 1) * self.batch_size][self.rows] for i in range(self.steps_per_epoch)]
+
+    def begin_step(self) -> Any:
+        """The step's masks (the global batch's, on every rank; this rank's rows, on the device); sets the lr."""
+        masks = self.model.sample_masks(self.batch_size, self.generator)
+        if self.info.enabled:
+            masks = ddp.shard_masks(masks, self.rows, self.batch_size)
+        self.lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.config.lr, self.config.min_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        return _masks_to(masks, self.device)
+
+    def loss(self, x: torch.Tensor, masks: Any, batch_rows: torch.Tensor) -> torch.Tensor:
+        """The objective's loss of batch x (b, C, H, W), plus the teacher's alignment term when there is one."""
+        with self.amp:
+            loss = self.net(x, masks)
+            if self.align is not None:  # the alignment term on the student's pooled latents
+                self.align_term = self.align(self.model.encoder(x).float().mean(1), batch_rows.numpy())
+                loss = loss + self.align_term
+        return loss
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Gradients of ``loss`` (DDP averages them over ranks)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def update(self, loss: torch.Tensor, extra_terms: dict[str, torch.Tensor] | None = None) -> None:
+        """Clip, AdamW step, the objective's ``after_step`` (EMA), and the epoch's sums of the loss and its terms."""
+        if self.config.grad_clip:
+            nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        self.momentum = self.model.after_step(self.step, self.total_steps)  # identical on every rank
+        self.step += 1
+        self.loss_sum += loss.detach()
+        terms = dict(getattr(self.model, "last_terms", {}))
+        if self.align is not None:
+            self.align.after_step(self.step)  # refit W every N steps
+            terms["align"] = self.align_term.detach()
+        terms.update(extra_terms or {})
+        for name, value in terms.items():  # detached, on the device: no sync
+            self.term_sums[name] = self.term_sums.get(name, 0.0) + value.float()
+
+    def train_step(self, x: torch.Tensor, batch_rows: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on this rank's batch x (b, C, H, W) of training rows ``batch_rows``; returns the loss."""
+        masks = self.begin_step()
+        with self.counter.count(signature(x, masks)) as key:
+            loss = self.loss(x, masks, batch_rows)
+            self.backward(loss)
+        self.flops += self.counter[key] * self.info.world_size
+        self.update(loss)
+        return loss
+
+    def end_epoch(self, epoch: int, on_epoch: EpochCallback | None,
+                  costs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Close epoch ``epoch`` (0-based): its log record (with ``costs`` and the evaluation when due), checked
+        for NaN, then the train state, checkpoint and log on disk (rank 0), then ``on_epoch``."""
+        info, config = self.info, self.config
+        loss_mean = ddp.all_mean(self.loss_sum, info).item() / self.steps_per_epoch
+        seconds = time.perf_counter() - self.t_epoch
+        record = {"epoch": epoch + 1, "loss": loss_mean, "lr": self.lr, "momentum": self.momentum, "step": self.step,
+                  "seconds": round(seconds, 3),
+                  "img_per_s": round(self.steps_per_epoch * self.batch_size / max(seconds, 1e-9), 1),
+                  "flops": self.flops,
+                  "terms": {k: ddp.all_mean(v, info).item() / self.steps_per_epoch
+                            for k, v in sorted(self.term_sums.items())}}
+        if self.align is not None:
+            record.update(self.align.costs())
+        record.update(costs or {})
+        if self.eval_set is not None and (epoch + 1 == config.epochs or (epoch + 1) % self.eval_every == 0):
+            record["eval"] = evaluate_encoder(self.model.export_encoder(), self.eval_set, self.device)
+            if config.target_acc is not None and not any(r.get("target_reached") for r in self.log):
+                probe = record["eval"].get("probe_acc")
+                if probe is not None and probe >= config.target_acc:
+                    record["target_reached"] = True
+        _stop_on_non_finite(self.out_dir, record, last_good=epoch if epoch > 0 else None)
+        self.log.append(record)
+        if info.is_main:  # the train state first: it is the commit point
+            ckpt.save_train_state(self.out_dir, self.model, self.optimizer, config=config, epoch=epoch + 1,
+                                  step=self.step, generator=self.generator, log=self.log, flops=self.flops,
+                                  scheduler={"step": self.step, "total_steps": self.total_steps,
+                                             "warmup_steps": self.warmup_steps})
+            ckpt.save_checkpoint(self.out_dir, self.model, config, epoch=epoch + 1)
+            ckpt.write_log(self.out_dir, self.log)
+            if on_epoch is not None:
+                on_epoch(record)
+        return record
+
+    def finish(self) -> None:
+        """After the last epoch: the untrained control's checkpoint (``epochs`` 0), the ranks' debug dump."""
+        if self.config.epochs == 0 and self.info.is_main:  # same architecture and seed, no step taken
+            ckpt.save_checkpoint(self.out_dir, self.model, self.config, epoch=0)
+            ckpt.write_log(self.out_dir, self.log)
+        ddp.dump_rank_weights(self.model, self.info)
+
+    def summary(self, seconds: float, seen: int, costs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What :func:`pretrain` returns for this model (``seen``: images trained on in this call)."""
+        log = self.log
+        trained = [r for r in log if "loss" in r]  # the epoch-0 record has no loss
+        return {
+            "out_dir": str(self.out_dir), "checkpoint": str(self.out_dir / ckpt.CHECKPOINT_FILE),
+            "epochs": self.config.epochs, "steps": self.step, "loss": trained[-1]["loss"] if trained else None,
+            "first_loss": trained[0]["loss"] if trained else None,
+            "seconds": round(seconds, 3), "img_per_s": round(seen / max(seconds, 1e-9), 1), "flops": self.flops,
+            "device": str(self.device), "world_size": self.info.world_size, "num_params": self.num_params,
+            "resumed_from": self.state.epoch if self.state is not None else None, "version": __version__,
+            "eval": [{"epoch": r["epoch"], "flops": r["flops"], **r["eval"]} for r in log if "eval" in r],
+            **_cost_summary(self.config, log, costs if costs is not None else
+                            (self.align.costs() if self.align is not None else None)),
+        }
+
+
 def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.TrainState | None,
            info: ddp.DistInfo, device: torch.device, on_start: StartCallback | None,
            on_step: StepCallback | None, on_epoch: EpochCallback | None, eval_set: EvalSet | None,
            eval_every: int, teacher: TeacherLatents | None) -> dict[str, Any]:
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)  # saved and restored with the train state; nothing here draws from it
-    model = build_objective(config)
-    align = attach_alignment(model, config, teacher)
-    if align is not None and info.enabled:
-        raise SjalignError("pretrain: --teacher runs in one process (not under torchrun)")
-    model = model.to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, fused=True)
-    generator = torch.Generator().manual_seed(config.seed)  # shuffling and masks (CPU), the same on every rank
-
-    n = feed.n
-    batch_size = min(config.batch_size, n)  # global
-    rows = ddp.local_slice(batch_size, info)
-    if rows.stop - rows.start < 2:  # batch statistics (SIGReg, VICReg, BatchNorm, NT-Xent) need two rows
-        raise SjalignError(f"pretrain: a batch of {rows.stop - rows.start} image(s) per process is too small (at "
-                           f"least 2: {n} training image(s), --batch-size {config.batch_size}, "
-                           f"{info.world_size} process(es))")
-    steps_per_epoch = n // batch_size  # the last incomplete batch is dropped
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-
-    start_epoch, step, log, flops = 0, 0, [], 0
-    if state is not None:
-        ckpt.restore_train_state(state, model, optimizer, generator)
-        start_epoch, step, log, flops = state.epoch, state.step, list(state.log), state.flops
-        if step != start_epoch * steps_per_epoch:
-            raise SjalignError(f"{out_dir}: cannot resume with a different dataset size or batch size "
-                               f"({step} steps in {start_epoch} epochs, now {steps_per_epoch} steps per epoch)")
-        if info.is_main:  # a kill after the train state but before these: rebuild them from it
-            ckpt.remove_stale_temp_files(out_dir)
-            if ckpt.checkpoint_epoch(out_dir) != start_epoch:
-                ckpt.save_checkpoint(out_dir, model, config, epoch=start_epoch)
-            ckpt.write_log(out_dir, log)
-    elif info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in (ckpt.CHECKPOINT_FILE, ckpt.TRAIN_STATE_FILE, ckpt.LOG_FILE, ckpt.CURVES_FILE):
-            (out_dir / name).unlink(missing_ok=True)  # a fresh run leaves nothing of an old one
-    if info.is_main:
-        ckpt.write_config_json(out_dir, config)
-    ddp.barrier(info)
-
-    if config.compile:
-        for module in model.children():
-            module.compile()
-    amp = autocast(device, config.precision)
-    feed.start(device, config.num_workers, config.seed)
-    net = ddp.wrap(model, info, device)  # forward through DDP; everything else on the objective
-    params = model.trainable_parameters()
-    num_params = sum(p.numel() for p in model.export_encoder().parameters())
-    counter = StepFlops()
-    t_run, seen_run, lr, momentum = time.perf_counter(), 0, config.lr, config.ema[0]
-    model.train()
+    run = _Trainee(config, feed, out_dir, state, info, device, eval_set, eval_every, teacher)
+    t_run, seen_run = time.perf_counter(), 0
     if on_start is not None and info.is_main:
-        on_start({"device": str(device), "world_size": info.world_size, "n": n, "steps_per_epoch": steps_per_epoch,
-                  "total_steps": total_steps, "start_epoch": start_epoch, "resumed": state is not None})
-
-    if align is not None:
-        fit_before_training(align, model.encoder, feed.take, n, config.seed, device)
-    if eval_set is not None and state is None:  # epoch 0: the run's own random-init baseline
-        record = {"epoch": 0, "step": 0, "flops": 0, "eval": evaluate_encoder(model.export_encoder(), eval_set, device)}
-        _stop_on_non_finite(out_dir, record, last_good=None)
-        log.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-
-    for epoch in range(start_epoch, config.epochs):
-        t_epoch, loss_sum, term_sums = time.perf_counter(), torch.zeros((), device=device), {}
-        order = torch.randperm(n, generator=generator)
-        batches = [order[i * batch_size:(i + 1) * batch_size][rows] for i in range(steps_per_epoch)]
+        on_start(run.run_info())
+    if run.align is not None:
+        fit_before_training(run.align, run.model.encoder, feed.take, run.n, config.seed, device)
+    run.evaluate_init(on_epoch)
+    for epoch in range(run.start_epoch, config.epochs):
+        batches = run.begin_epoch()
         for i, x in enumerate(feed.epoch(batches)):  # x: (b, C, H, W), this rank's rows
-            masks = model.sample_masks(batch_size, generator)  # the global batch's, on every rank
-            if info.enabled:
-                masks = ddp.shard_masks(masks, rows, batch_size)
-            masks = _masks_to(masks, device)
-            lr = lr_at(step, total_steps, warmup_steps, config.lr, config.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with counter.count(signature(x, masks)) as key:
-                # 1. forward (and the teacher alignment term on the student's pooled latents)
-                with amp:
-                    loss = net(x, masks)
-                    if align is not None:
-                        align_term = align(model.encoder(x).float().mean(1), batches[i].numpy())
-                        loss = loss + align_term
-                # 2. backward (DDP averages the gradients over ranks) + step
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            flops += counter[key] * info.world_size
-            if config.grad_clip:
-                nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            # 3. EMA (objective-specific), identical on every rank
-            momentum = model.after_step(step, total_steps)
-            step += 1
-            loss_sum += loss.detach()
-            terms = dict(getattr(model, "last_terms", {}))
-            if align is not None:
-                align.after_step(step)  # refit W every N steps
-                terms["align"] = align_term.detach()
-            for name, value in terms.items():  # detached, on the device: no sync
-                term_sums[name] = term_sums.get(name, 0.0) + value.float()
+            loss = run.train_step(x, batches[i])
             if on_step is not None and info.is_main:
-                img_s = (i + 1) * batch_size / max(time.perf_counter() - t_epoch, 1e-9)
-                on_step(step, total_steps, loss.item(), img_s)  # the only per-step sync, and only with a listener
-
-        loss_mean = ddp.all_mean(loss_sum, info).item() / steps_per_epoch
-        seconds = time.perf_counter() - t_epoch
-        seen_run += steps_per_epoch * batch_size
-        record = {"epoch": epoch + 1, "loss": loss_mean, "lr": lr, "momentum": momentum, "step": step,
-                  "seconds": round(seconds, 3), "img_per_s": round(steps_per_epoch * batch_size / max(seconds, 1e-9), 1),
-                  "flops": flops,
-                  "terms": {k: ddp.all_mean(v, info).item() / steps_per_epoch for k, v in sorted(term_sums.items())}}
-        if align is not None:
-            record.update(align.costs())
-        if eval_set is not None and (epoch + 1 == config.epochs or (epoch + 1) % eval_every == 0):
-            record["eval"] = evaluate_encoder(model.export_encoder(), eval_set, device)
-            if config.target_acc is not None and not any(r.get("target_reached") for r in log):
-                probe = record["eval"].get("probe_acc")
-                if probe is not None and probe >= config.target_acc:
-                    record["target_reached"] = True
-        _stop_on_non_finite(out_dir, record, last_good=epoch if epoch > 0 else None)
-        log.append(record)
-        if info.is_main:  # the train state first: it is the commit point
-            ckpt.save_train_state(out_dir, model, optimizer, config=config, epoch=epoch + 1, step=step,
-                                  generator=generator, log=log, flops=flops,
-                                  scheduler={"step": step, "total_steps": total_steps, "warmup_steps": warmup_steps})
-            ckpt.save_checkpoint(out_dir, model, config, epoch=epoch + 1)
-            ckpt.write_log(out_dir, log)
-            if on_epoch is not None:
-                on_epoch(record)
-
-    if config.epochs == 0 and info.is_main:  # the untrained control: same architecture and seed, no step taken
-        ckpt.save_checkpoint(out_dir, model, config, epoch=0)
-        ckpt.write_log(out_dir, log)
-    ddp.dump_rank_weights(model, info)
-    seconds = time.perf_counter() - t_run
-    trained = [r for r in log if "loss" in r]  # the epoch-0 record has no loss
-    return {
-        "out_dir": str(out_dir), "checkpoint": str(out_dir / ckpt.CHECKPOINT_FILE), "epochs": config.epochs,
-        "steps": step, "loss": trained[-1]["loss"] if trained else None,
-        "first_loss": trained[0]["loss"] if trained else None,
-        "seconds": round(seconds, 3), "img_per_s": round(seen_run / max(seconds, 1e-9), 1), "flops": flops,
-        "device": str(device), "world_size": info.world_size, "num_params": num_params,
-        "resumed_from": state.epoch if state is not None else None, "version": __version__,
-        "eval": [{"epoch": r["epoch"], "flops": r["flops"], **r["eval"]} for r in log if "eval" in r],
-        **_cost_summary(config, log, align),
-    }
+                img_s = (i + 1) * run.batch_size / max(time.perf_counter() - run.t_epoch, 1e-9)
+                on_step(run.step, run.total_steps, loss.item(), img_s)  # the only per-step sync, and only with a listener
+        seen_run += run.steps_per_epoch * run.batch_size
+        run.end_epoch(epoch, on_epoch)
+    run.finish()
+    return run.summary(time.perf_counter() - t_run, seen_run)
 
 
-def _cost_summary(config: PretrainConfig, log: list[dict[str, Any]], align) -> dict[str, Any]:
-    """The run's cost figures: teacher forwards and map fits (migration overhead), and with ``target_acc``
-    the first evaluated epoch whose probe accuracy reached it (None when none did), with its FLOPs."""
-    out: dict[str, Any] = {}
-    if align is not None:
-        out.update(align.costs())
+def _cost_summary(config: PretrainConfig, log: list[dict[str, Any]], costs: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's cost figures: ``costs`` (teacher forwards and map fits: the migration or coupling overhead),
+    and with ``target_acc`` the first evaluated epoch whose probe accuracy reached it (None when none did),
+    with its FLOPs."""
+    out: dict[str, Any] = dict(costs or {})
     if config.target_acc is not None:
         hit = next((r for r in log if r.get("target_reached")), None)
         out["target"] = {"acc": config.target_acc, "epoch": None if hit is None else hit["epoch"],
