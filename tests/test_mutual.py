@@ -114,6 +114,7 @@ def test_two_models_trained_at_once(runner, tmp_path, method):
     a_log = json.loads((out / "a" / "log.jsonl").read_text().splitlines()[-1])
     b_log = json.loads((out / "b" / "log.jsonl").read_text().splitlines()[-1])
     assert a_log["terms"]["cross"] == pytest.approx(b_log["terms"]["cross"])  # one term, the same on both sides
+    one_error_line(run(runner, "pretrain", *TINY, "--epochs", "3", "--resume", "-o", out / "b"), "mutual")
     # a second run needs --force, which restarts the pair
     one_error_line(run(runner, "pretrain", *TINY, "--mutual", "crop:bottom:0.5", "-o", out), "--force")
     res = run(runner, "pretrain", *TINY, "--epochs", "1", "--eval-every", "0", "--mutual", "crop:bottom:0.5",

@@ -338,6 +338,9 @@ def pretrain_command(
         raise SjalignError(f"{output}: exists and is not a folder")
     if resume and not output.is_dir():
         raise SjalignError(f"{output}: no run to resume")
+    if resume and _saved_field(output, "mutual"):
+        raise SjalignError(f"{output}: a model of a mutual-teaching pair cannot be resumed (alone or as a pair); "
+                           "restart the pair with --force")
     if mutual is not None and output.is_dir() and any(output.iterdir()):
         from sjalign.jepa.mutual import is_pair_folder
 

@@ -279,10 +279,11 @@ def _train_pair(config_a: PretrainConfig, config_b: PretrainConfig, feed_a: _Fee
             term_a, term_b = coupling(z_a, z_b)
             for run, loss, term, fwd, x, masks in ((a, loss_a, term_a, fwd_a, x_a, masks_a),
                                                    (b, loss_b, term_b, fwd_b, x_b, masks_b)):
+                total = loss + term
                 with run.counter.count(signature(x, masks) + ("backward",)) as bwd:
-                    run.backward(loss + term)
+                    run.backward(total)
                 run.flops += run.counter[fwd] + run.counter[bwd]
-                run.update(loss + term, {"cross": term.detach()})
+                run.update(total, {"cross": term.detach()})
             coupling.after_step(a.step)
         seen += a.steps_per_epoch * a.batch_size
         a.end_epoch(epoch, tagged("a"), coupling.costs())
