@@ -160,3 +160,33 @@ def test_bad_arguments():
         svcca(x, x, keep=0.0)
     with pytest.raises(SjalignError, match="at least 4"):
         debiased_cka(x[:3], x[:3])
+
+
+def test_retrieval_at_k_and_csls_against_a_dense_reference():
+    from sjalign.metrics.similarity import retrieval_at_k
+
+    rng = np.random.default_rng(15)
+    t = rng.normal(size=(90, 6))
+    p = t + 0.9 * rng.normal(size=(90, 6))
+    p[:10] = t[50] + 0.01 * rng.normal(size=(10, 6))  # a hub: ten predictions near one target
+
+    def unit(z):
+        return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+    cos = unit(p) @ unit(t).T
+    r_t = np.sort(cos, axis=1)[:, -5:].mean(1)
+    r_p = np.sort(cos.T, axis=1)[:, -5:].mean(1)
+    for scores, csls_k in ((cos, None), (2 * cos - r_t[:, None] - r_p[None, :], 5)):
+        order = np.argsort(-scores, axis=1, kind="stable")
+        ref = {k: np.mean([i in order[i, :k] for i in range(90)]) for k in (1, 5, 10)}
+        got = retrieval_at_k(t, p, (1, 5, 10), csls_k=csls_k, chunk=7)
+        assert got == pytest.approx(ref)
+    assert retrieval_at_k(t, t, (1,))[1] == 1.0
+
+
+def test_retrieval_ties_go_to_the_smaller_index():
+    from sjalign.metrics.similarity import retrieval_at_k
+
+    t = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # targets 0 and 1 identical
+    p = t.copy()
+    assert retrieval_at_k(t, p, (1, 2)) == {1: 2 / 3, 2: 1.0}  # state 1 loses its tie to state 0 at k = 1

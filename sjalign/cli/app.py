@@ -6,6 +6,7 @@ import typer
 
 from sjalign import __version__
 from sjalign.cli.apply_map import apply_map_command
+from sjalign.cli.compare import compare_command
 from sjalign.cli.convert import convert_command
 from sjalign.cli.embed import embed_command
 from sjalign.cli.evaluate import evaluate_command
@@ -31,6 +32,7 @@ app.command("fit-map")(fit_map_command)
 app.command("apply-map")(apply_map_command)
 app.command("evaluate")(evaluate_command)
 app.command("transfer-probe")(transfer_probe_command)
+app.command("compare")(compare_command)
 app.command("datasets")(datasets_command)
 app.command("encoders")(encoders_command)
 app.command("objectives")(objectives_command)

@@ -269,3 +269,57 @@ def rsa(x: np.ndarray, y: np.ndarray) -> float:
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denom = np.sqrt((rx @ rx) * (ry @ ry))
     return float(rx @ ry / denom) if denom > 0 else float("nan")
+
+
+def _cosine_scores(q: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return q @ t.T
+
+
+def retrieval_at_k(target: np.ndarray, pred: np.ndarray, ks=(1, 5, 10), *, csls_k: int | None = None,
+                   chunk: int = 2048) -> dict[int, float]:
+    """Fraction of states i whose own target Ẑbᵢ is among the k targets most similar to the prediction Pᵢ.
+
+    Similarity is cosine; with ``csls_k`` it is CSLS (Conneau et al. 2018, MUSE):
+    CSLS(p, t) = 2 cos(p, t) − r_T(p) − r_P(t), r_T(p) the mean cosine of p to its ``csls_k`` nearest
+    targets and r_P(t) that of t to its ``csls_k`` nearest predictions, which discounts hubs. Ties go
+    to the smaller target index (a target tied with the true one ranks before it only if its index
+    is smaller).
+
+    Args:
+        target: (n, d), pred: (n, d), rows paired. ks: each 1 ≤ k ≤ n. chunk: query rows per tile.
+
+    Returns:
+        {k: retrieval@k}; chance is k/n.
+
+    Raises:
+        ShapeError: different shapes.  SjalignError: a k out of range.
+    """
+    target, pred = np.asarray(target), np.asarray(pred)
+    if target.shape != pred.shape or target.ndim != 2:
+        raise ShapeError(f"retrieval needs two arrays of one shape, got {target.shape} and {pred.shape}")
+    n = len(target)
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1 or ks[-1] > n:
+        raise SjalignError(f"retrieval@k needs 1 <= k <= n = {n}, got {ks}")
+    t = torch.from_numpy(_unit_rows(target.astype(np.float64)))
+    p = torch.from_numpy(_unit_rows(pred.astype(np.float64)))
+    r_t = r_p = None
+    if csls_k is not None:
+        if not 1 <= csls_k <= n:
+            raise SjalignError(f"CSLS needs 1 <= k <= n = {n}, got {csls_k}")
+        r_t = torch.cat([_cosine_scores(p[s:s + chunk], t).topk(csls_k, dim=1).values.mean(1)
+                         for s in range(0, n, chunk)])  # (n,) per prediction
+        r_p = torch.cat([_cosine_scores(t[s:s + chunk], p).topk(csls_k, dim=1).values.mean(1)
+                         for s in range(0, n, chunk)])  # (n,) per target
+    hits = dict.fromkeys(ks, 0)
+    for s in range(0, n, chunk):
+        scores = _cosine_scores(p[s:s + chunk], t)  # (m, n)
+        if r_t is not None:
+            scores = 2 * scores - r_t[s:s + chunk, None] - r_p[None, :]
+        rows = torch.arange(s, s + len(scores))
+        own = scores[torch.arange(len(scores)), rows][:, None]  # (m, 1)
+        cols = torch.arange(n)[None, :]
+        rank = ((scores > own) | ((scores == own) & (cols < rows[:, None]))).sum(1)  # targets ranked before i's own
+        for k in ks:
+            hits[k] += int((rank < k).sum())
+    return {k: hits[k] / n for k in ks}

@@ -1,0 +1,91 @@
+"""sjalign compare FILE FILE ...: every pair of latents files, map-free and map-based measures, as matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sjalign.cli.common import ForceOpt, JsonOpt, SeedOpt, cli_command, console, emit_json, output_path
+
+
+@cli_command
+def compare_command(
+    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Two or more latents files (any encoders, any widths), paired by state id.")],
+    metrics: Annotated[str, typer.Option("--metrics", help="Comma-separated: cka, cka_debiased, mutual_knn, cknna, svcca, pwcca, rsa (map-free); r2, retrieval@1, retrieval@5, retrieval@10, csls@1 (a ridge map fitted on the train pairs, both directions). [default: all]")] = "all",
+    k: Annotated[int, typer.Option("--k", help="Neighbours for mutual kNN and CKNNA.")] = 10,
+    knn_metric: Annotated[str, typer.Option("--knn-metric", help="cosine or euclidean, for mutual kNN.")] = "cosine",
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Held-out fraction of states, in (0, 1), when the files carry no split.")] = 0.2,
+    lam: Annotated[float, typer.Option("--lambda", help="Ridge λ of the maps, per sample, in standardised units (scikit-learn's alpha = λ·n_train).")] = 1e-3,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the result as JSON.", parser=output_path)] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Write the matrices as CSV (metric,a,b,value).", parser=output_path)] = None,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score every pair of latents files on their shared states: a matrix per measure.
+
+    Map-free measures (linear and debiased CKA, mutual kNN, CKNNA, SVCCA, PWCCA, RSA) use the held-out
+    states of each pair and are symmetric; map-based ones fit a ridge map on the train states in each
+    direction and score it on the held-out ones (entry [i][j]: the map from file i to file j).
+
+    Example:
+
+      sjalign compare pixels.safetensors lite0.safetensors jepa_top.safetensors --metrics cka_debiased,mutual_knn,r2
+    """
+    import json
+
+    from sjalign.cli.common import check_choice, check_fraction
+    from sjalign.compare import MAP_FREE, METRICS, check_metrics, compare_latents, to_csv
+    from sjalign.errors import SjalignError
+    from sjalign.io import load_latents
+    from sjalign.metrics.similarity import KNN_METRICS
+    from sjalign.outputs import atomic_write_bytes, check_output
+
+    names = check_metrics(list(METRICS) if metrics == "all" else [m.strip() for m in metrics.split(",") if m.strip()])
+    check_choice("--knn-metric", knn_metric, KNN_METRICS)
+    check_fraction("--test-fraction", test_fraction)
+    if k < 1:
+        raise SjalignError(f"--k must be >= 1, got {k}")
+    if not lam > 0 or lam == float("inf"):
+        raise SjalignError(f"--lambda must be a finite number > 0, got {lam}")
+    if len(files) < 2:
+        raise SjalignError("compare needs at least two latents files")
+    if output is not None and csv is not None and output.resolve() == csv.resolve():
+        raise SjalignError(f"-o and --csv name the same file {output}")
+    for path in (output, csv):
+        if path is not None:
+            check_output(path, force, inputs=files)
+    latents = [load_latents(path) for path in files]
+    labels = [str(p) for p in files]
+
+    def progress(a: str, b: str) -> None:
+        if not json_out:
+            console.print(f"[dim]comparing {a} and {b}[/]")
+
+    result = compare_latents(latents, labels, metrics=names, k=k, knn_metric=knn_metric,
+                             test_fraction=test_fraction, seed=seed, lam=lam, progress=progress)
+    result["encoders"] = [lat.metadata.get("encoder", "?") for lat in latents]
+    result["dims"] = [int(lat.dim) for lat in latents]
+    if output is not None:
+        atomic_write_bytes(output, (json.dumps(result, indent=1) + "\n").encode(), replace=force)
+    if csv is not None:
+        atomic_write_bytes(csv, to_csv(result).encode(), replace=force)
+    if json_out:
+        emit_json(result)
+        return
+    from rich.table import Table
+
+    short = [f"[{i}]" for i in range(len(labels))]
+    for i, (label, enc, dim) in enumerate(zip(labels, result["encoders"], result["dims"])):
+        console.print(f"{short[i]} {label} ({enc}, {dim} dims)")
+    for name in names:
+        directed = "" if name in MAP_FREE else " (row: map from, column: map to)"
+        table = Table(title=f"{name}{directed}")
+        table.add_column("")
+        for s in short:
+            table.add_column(s, justify="right")
+        for i, s in enumerate(short):
+            table.add_row(s, *("—" if v is None else f"{v:.3f}" for v in result["matrix"][name][i]))
+        console.print(table)

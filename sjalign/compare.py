@@ -1,0 +1,156 @@
+"""Many encoders at once: every pair of latents files scored on their shared states, as matrices.
+
+For each pair (i, j) of files, rows are joined on state id and split as ``evaluate`` splits them
+(:func:`sjalign.protocol.choose_split`: the files' split tensor, else a seeded draw by state id).
+Map-free measures (:mod:`sjalign.metrics.similarity`, linear CKA) are computed on the raw test
+latents and are symmetric; map-based ones fit a ridge map on the train pairs in each direction
+(as ``fit-map``, standardised, λ per sample) and score it on the test pairs: entry (i, j) is the
+map from file i to file j.
+
+Example::
+
+    result = compare_latents([lat_a, lat_b, lat_c], ["a", "b", "c"])
+    result["matrix"]["cka_debiased"]  # 3 x 3, symmetric, diagonal 1
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from sjalign.align.maps import DEFAULT_LAMBDA
+from sjalign.errors import SjalignError
+
+MAP_FREE = ("cka", "cka_debiased", "mutual_knn", "cknna", "svcca", "pwcca", "rsa")
+MAP_BASED = ("r2", "retrieval@1", "retrieval@5", "retrieval@10", "csls@1")
+METRICS = MAP_FREE + MAP_BASED
+HIGHER_IS_BETTER = dict.fromkeys(METRICS, True)
+
+
+def check_metrics(names: list[str]) -> list[str]:
+    """The metrics asked for, in :data:`METRICS` order; an unknown name is an error naming the known ones."""
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise SjalignError(f"--metrics: unknown {', '.join(unknown)} (known: {', '.join(METRICS)})")
+    return [m for m in METRICS if m in names]
+
+
+def map_free_scores(x: np.ndarray, y: np.ndarray, metrics: list[str], *, k: int = 10,
+                    knn_metric: str = "cosine") -> dict[str, float]:
+    """Map-free measures of paired test latents x (n, d_x), y (n, d_y); k for mutual kNN and CKNNA
+    (clamped to n − 1). CKNNA and RSA are skipped (None) above n = ``MAX_KERNEL_ROWS``."""
+    from sjalign.metrics.cka import linear_cka
+    from sjalign.metrics.similarity import MAX_KERNEL_ROWS, cknna, debiased_cka, mutual_knn, pwcca, rsa, svcca
+
+    n = len(x)
+    k = max(1, min(k, n - 1))
+    big = n > MAX_KERNEL_ROWS
+    fns: dict[str, Callable[[], float | None]] = {
+        "cka": lambda: linear_cka(x, y),
+        "cka_debiased": lambda: debiased_cka(x, y) if n >= 4 else None,
+        "mutual_knn": lambda: mutual_knn(x, y, k, metric=knn_metric, device="cpu"),
+        "cknna": lambda: None if big or k < 2 or n < 4 else cknna(x, y, k),
+        "svcca": lambda: svcca(x, y),
+        "pwcca": lambda: pwcca(x, y),
+        "rsa": lambda: None if big or n < 3 else rsa(x, y),
+    }
+    return {m: fns[m]() for m in metrics if m in fns}
+
+
+def map_scores(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, metrics: list[str], *,
+               lam: float = DEFAULT_LAMBDA) -> dict[str, float]:
+    """Fit ridge W (x → y) on the train pairs, score on the test pairs (standardised with train statistics):
+    R² and retrieval@k (cosine; ``csls@1``: CSLS with 10 neighbours) of Ẑ_y from Ẑ_x Wᵀ."""
+    from sjalign.align import fit_map
+    from sjalign.metrics.regression import r2
+    from sjalign.metrics.similarity import retrieval_at_k
+
+    wanted = [m for m in metrics if m in MAP_BASED]
+    if not wanted:
+        return {}
+    amap = fit_map(x_tr, y_tr, np.arange(len(x_tr)), method="ridge", lam=lam)
+    za = (x_te - amap.a_mean) / amap.a_std
+    zb = (y_te - amap.b_mean) / amap.b_std
+    pred = za @ amap.W.T
+    n = len(zb)
+    out: dict[str, float | None] = {}
+    if "r2" in wanted:
+        out["r2"] = r2(zb, pred)
+    ks = [int(m.split("@")[1]) for m in wanted if m.startswith("retrieval@")]
+    if ks:
+        got = retrieval_at_k(zb, pred, [min(k, n) for k in ks])
+        out.update({f"retrieval@{k}": got[min(k, n)] for k in ks})
+    if "csls@1" in wanted:
+        out["csls@1"] = retrieval_at_k(zb, pred, (1,), csls_k=min(10, n))[1]
+    return out
+
+
+def compare_latents(latents: list, names: list[str], *, metrics: list[str] = list(METRICS), k: int = 10,
+                    knn_metric: str = "cosine", test_fraction: float = 0.2, seed: int = 0, lam: float = DEFAULT_LAMBDA,
+                    progress: Callable[[str, str], None] | None = None) -> dict:
+    """Every pair of latents sets on their shared states: ``{"files", "metrics", "pairs", "matrix"}``.
+
+    Args:
+        latents: :class:`sjalign.io.Latents`, two or more.
+        names: one label per file (its path).
+        metrics: names from :data:`METRICS`.
+        progress: called with (name_i, name_j) before each pair.
+
+    Returns:
+        ``pairs``: one record per unordered pair ``{"a", "b", "n_shared", "n_train", "n_test", "split",
+        "map_free": {...}, "a_to_b": {...}, "b_to_a": {...}}``; ``matrix``: {metric: (m, m) nested lists},
+        map-free ones symmetric with 1 on the diagonal, map-based ones [i][j] = the map from i to j and
+        None on the diagonal; a metric that could not be computed for a pair is None.
+
+    Raises:
+        SjalignError: fewer than 2 files, a pair with fewer than 2 shared states, or a split with an empty side.
+    """
+    from sjalign.data.pairing import pair_by_state_id
+    from sjalign.protocol import choose_split
+
+    if len(latents) < 2:
+        raise SjalignError("compare needs at least two latents files")
+    metrics = check_metrics(list(metrics))
+    m = len(latents)
+    matrix = {name: [[(1.0 if name in MAP_FREE and i == j else None) for j in range(m)] for i in range(m)]
+              for name in metrics}
+    pairs = []
+    for i in range(m):
+        for j in range(i + 1, m):
+            if progress is not None:
+                progress(names[i], names[j])
+            paired = pair_by_state_id(latents[i], latents[j])
+            if len(paired.state_ids) < 2:
+                raise SjalignError(f"{names[i]} and {names[j]} share {len(paired.state_ids)} state id(s); at least 2 "
+                                   "are needed")
+            split = choose_split(paired, test_fraction=test_fraction, seed=seed)
+            x_tr, y_tr = paired.x[split.train], paired.y[split.train]
+            x_te, y_te = paired.x[split.test], paired.y[split.test]
+            free = map_free_scores(x_te, y_te, metrics, k=k, knn_metric=knn_metric)
+            forward = map_scores(x_tr, y_tr, x_te, y_te, metrics, lam=lam)
+            backward = map_scores(y_tr, x_tr, y_te, x_te, metrics, lam=lam)
+            for name, value in free.items():
+                matrix[name][i][j] = matrix[name][j][i] = value
+            for name in forward:
+                matrix[name][i][j], matrix[name][j][i] = forward[name], backward[name]
+            pairs.append({"a": names[i], "b": names[j], "n_shared": int(len(paired.state_ids)),
+                          "n_train": int(split.train.sum()), "n_test": int(split.test.sum()), "split": split.how,
+                          "map_free": free, "a_to_b": forward, "b_to_a": backward})
+    return {"files": list(names), "metrics": metrics, "knn_metric": knn_metric, "k": k, "lambda": lam,
+            "pairs": pairs, "matrix": matrix}
+
+
+def to_csv(result: dict) -> str:
+    """One row per (metric, file i, file j) entry of the matrices: ``metric,a,b,value`` (empty when None)."""
+    lines = ["metric,a,b,value"]
+    for name in result["metrics"]:
+        for i, a in enumerate(result["files"]):
+            for j, b in enumerate(result["files"]):
+                value = result["matrix"][name][i][j]
+                lines.append(f"{name},{_csv_field(a)},{_csv_field(b)},{'' if value is None else repr(float(value))}")
+    return "\n".join(lines) + "\n"
+
+
+def _csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text

@@ -1,0 +1,95 @@
+"""sjalign compare (issue 14, part 1): every pair of latents files as matrices, from the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from conftest import make_latents, one_error_line, run
+from sjalign.metrics.cka import linear_cka
+from sjalign.metrics.similarity import debiased_cka
+
+
+@pytest.fixture
+def three(tmp_path):
+    """a; b = a rotated (same space, other coordinates), rows shuffled; c independent, a different width."""
+    rng = np.random.default_rng(0)
+    n = 400
+    x = rng.normal(size=(n, 10)) @ np.diag(np.linspace(0.5, 3, 10))
+    q = scipy.linalg.qr(rng.normal(size=(10, 10)))[0]
+    ids = np.arange(5000, 5000 + n)
+    order = rng.permutation(n)
+    split = (np.arange(n) % 5 == 0).astype(np.uint8)
+    paths = [make_latents(tmp_path / "a.safetensors", x, ids, split=split, encoder="enc-a"),
+             make_latents(tmp_path / "b.safetensors", (x @ q)[order], ids[order], split=split[order], encoder="enc-b"),
+             make_latents(tmp_path / "c.safetensors", rng.normal(size=(n, 6)), ids, split=split, encoder="enc-c")]
+    return paths, x, q, split
+
+
+def test_compare_matrices(runner, tmp_path, three):
+    paths, x, q, split = three
+    out, csv = tmp_path / "m.json", tmp_path / "m.csv"
+    res = run(runner, "compare", *paths, "-o", out, "--csv", csv, "--json")
+    assert res.exit_code == 0, res.stderr
+    result = json.loads(res.stdout)
+    assert result == json.loads(out.read_text())
+    assert result["encoders"] == ["enc-a", "enc-b", "enc-c"] and result["dims"] == [10, 10, 6]
+    m = result["matrix"]
+    test = split == 1
+    # a and b: the same space rotated, so every rotation-invariant measure says identical (RSA's correlation
+    # distance, across a state's dimensions, is not rotation-invariant)
+    assert 0.2 < m["rsa"][0][1] < 1.0
+    for name in ("cka", "cka_debiased", "mutual_knn", "cknna", "svcca", "pwcca", "r2", "retrieval@1", "csls@1"):
+        assert m[name][0][1] == pytest.approx(1.0, abs=1e-5), name  # ridge λ = 1e-3 shrinks R² by ~1e-6
+    assert m["cka"][0][2] == pytest.approx(linear_cka(x[test], result_c(paths[2], test)))
+    assert m["cka_debiased"][0][2] == pytest.approx(debiased_cka(x[test], result_c(paths[2], test)))
+    assert abs(m["cka_debiased"][0][2]) < 0.1  # unrelated spaces
+    assert m["r2"][0][2] < 0.1 and m["retrieval@1"][2][0] < 0.2
+    for name in result["metrics"]:  # map-free symmetric, map-based one per direction, diagonal as documented
+        for i in range(3):
+            assert m[name][i][i] == (1.0 if name in ("cka", "cka_debiased", "mutual_knn", "cknna", "svcca", "pwcca",
+                                                     "rsa") else None)
+    assert result["pairs"][0]["n_test"] == int(test.sum()) and result["pairs"][0]["split"] == "the files' split tensor"
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "metric,a,b,value" and len(lines) == 1 + len(result["metrics"]) * 9
+
+
+def result_c(path, test):
+    from sjalign.io import load_latents
+
+    return load_latents(path).latents[test]
+
+
+def test_compare_prints_tables(runner, three):
+    res = run(runner, "compare", *three[0], "--metrics", "cka_debiased,r2")
+    assert res.exit_code == 0, res.stderr
+    assert "cka_debiased" in res.stderr and "map from" in res.stderr and "enc-c" in res.stderr
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--metrics", "cka,bogus"], "bogus"),
+    (["--knn-metric", "manhattan"], "--knn-metric"),
+    (["--test-fraction", "1.5"], "--test-fraction"),
+    (["--k", "0"], "--k"),
+    (["--lambda", "-1"], "--lambda"),
+])
+def test_compare_bad_options(runner, three, flags, needle):
+    one_error_line(run(runner, "compare", *three[0], *flags), needle)
+
+
+def test_compare_refuses_an_input_as_output_and_one_file(runner, tmp_path, three):
+    paths = three[0]
+    before = paths[0].read_bytes()
+    one_error_line(run(runner, "compare", *paths, "-o", paths[0], "--force"), str(paths[0]))
+    assert paths[0].read_bytes() == before
+    one_error_line(run(runner, "compare", paths[0]), "at least two")
+
+
+def test_compare_needs_shared_states(runner, tmp_path):
+    rng = np.random.default_rng(1)
+    a = make_latents(tmp_path / "a.safetensors", rng.normal(size=(20, 3)), np.arange(20))
+    b = make_latents(tmp_path / "b.safetensors", rng.normal(size=(20, 3)), np.arange(100, 120))
+    one_error_line(run(runner, "compare", a, b), "share")
