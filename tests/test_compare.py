@@ -93,3 +93,17 @@ def test_compare_needs_shared_states(runner, tmp_path):
     a = make_latents(tmp_path / "a.safetensors", rng.normal(size=(20, 3)), np.arange(20))
     b = make_latents(tmp_path / "b.safetensors", rng.normal(size=(20, 3)), np.arange(100, 120))
     one_error_line(run(runner, "compare", a, b), "share")
+
+
+def test_evaluate_refuses_different_encoders_given_as_seeds(runner, tmp_path):
+    rng = np.random.default_rng(2)
+    ids = np.arange(200)
+    b = make_latents(tmp_path / "b.safetensors", rng.normal(size=(200, 4)), ids, encoder="pixels")
+    a0 = make_latents(tmp_path / "a0.safetensors", rng.normal(size=(200, 8)), ids, encoder="timm:resnet18@w.safetensors")
+    a1 = make_latents(tmp_path / "a1.safetensors", rng.normal(size=(200, 5)), ids, encoder="pixels")
+    b1 = make_latents(tmp_path / "b1.safetensors", rng.normal(size=(200, 4)), ids, encoder="pixels")
+    line = one_error_line(run(runner, "evaluate", f"{a0},{a1}", f"{b},{b1}"), "different encoders", "sjalign compare")
+    assert str(a0) in line and str(a1) in line
+    a2 = make_latents(tmp_path / "a2.safetensors", rng.normal(size=(200, 8)), ids, encoder="timm:resnet18@v.safetensors")
+    res = run(runner, "evaluate", f"{a0},{a2}", f"{b},{b1}", "--json")  # two weights files of one architecture
+    assert res.exit_code == 0, res.stderr

@@ -114,7 +114,35 @@ def load_model_pairs(a_paths: list[Path], b_paths: list[Path]):
         lat_a.append(a)
         lat_b.append(b)
         pairs.append(p)
+    for side, paths, lats in (("A", a_paths, lat_a), ("B", b_paths, lat_b)):
+        kinds = [(model_kind(lat.metadata), lat.dim) for lat in lats]
+        other = next((i for i, kind in enumerate(kinds) if kind != kinds[0]), None)
+        if other is not None:
+            raise SjalignError(f"{side}: {paths[0]} ({kinds[0][0][0]}, {kinds[0][1]} dims) and {paths[other]} "
+                               f"({kinds[other][0][0]}, {kinds[other][1]} dims) are different encoders, not seeds of "
+                               f"one model; compare different encoders with 'sjalign compare FILE FILE ...'")
     return lat_a, lat_b, pairs
+
+
+def model_kind(metadata: dict) -> tuple:
+    """What must agree between files given as seeds of one model: the encoder's kind without its weights
+    (``jepa``: objective, preset, view; ``timm:ARCH``, ``hf:NAME``: without ``@weights``; a plugin: its
+    scheme), layer and pooling; the width is compared beside it."""
+    import json
+
+    spec = metadata.get("encoder", "?")
+    scheme = spec.split(":", 1)[0]
+    if scheme == "jepa":
+        try:
+            cfg = json.loads(metadata.get("encoder_config", "{}"))
+        except ValueError:
+            cfg = {}
+        name = f"jepa ({cfg.get('objective', '?')} {cfg.get('model', '?')}, view {cfg.get('view', '?')})"
+    elif scheme in ("timm", "hf"):
+        name = spec.split("@", 1)[0]  # the architecture, whatever weights file each seed has
+    else:
+        name = scheme  # a plugin's or pixels: what follows the scheme may name each seed's weights
+    return name, metadata.get("layer"), metadata.get("pooling")
 
 
 def print_report(result: dict) -> None:
