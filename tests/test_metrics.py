@@ -323,3 +323,18 @@ def test_score_map_keys_and_values():
     assert out["kappa"] == pytest.approx(s[0] / s[-1], rel=1e-8)
     assert out["retrieval@1"] > 0.5
     assert "procrustes_error" not in score_map(w, za, zb, ks=(1,), device=CPU)
+
+
+def test_r2_with_a_constant_target_dimension_differs_from_scikit_learn_as_documented():
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(3)
+    target = rng.normal(size=(50, 3))
+    target[:, 2] = 1.5  # constant on the test rows
+    pred = target + 0.1 * rng.normal(size=(50, 3))
+    ours, sk = r2(target, pred), r2_score(target, pred, multioutput="variance_weighted")
+    varying = r2(target[:, :2], pred[:, :2])
+    assert sk == pytest.approx(varying, rel=1e-12)  # scikit-learn drops the constant dimension
+    resid_const = np.sum((target[:, 2] - pred[:, 2]) ** 2)
+    total = np.sum((target[:, :2] - target[:, :2].mean(0)) ** 2)
+    assert ours == pytest.approx(varying - resid_const / total, rel=1e-12) and ours < sk  # here its error counts

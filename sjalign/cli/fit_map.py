@@ -14,7 +14,7 @@ from sjalign.cli.common import ForceOpt, JsonOpt, OutOpt, SeedOpt, cli_command, 
 MethodOpt = Annotated[str | None, typer.Option(
     "--method", help="ridge (default), lstsq (λ = 0, pseudoinverse) or procrustes; not with --map.")]
 LambdaOpt = Annotated[str | None, typer.Option(
-    "--lambda", help="Ridge λ ≥ 0 in standardised units, or 'auto' (k-fold CV); ridge only. [default: 1e-3]")]
+    "--lambda", help="Ridge λ ≥ 0 in standardised units, per sample: it minimises mean‖ẑ_b − Wẑ_a‖² + λ‖W‖², i.e. scikit-learn's Ridge alpha = λ·n_train; or 'auto' (k-fold CV); ridge only. [default: 1e-3]")]
 DEFAULT_LAMBDA = "1e-3"
 TestFracOpt = Annotated[float, typer.Option("--test-fraction", help="Held-out fraction of states, in (0, 1), when the files carry no split.")]
 PrecisionOpt = Annotated[str, typer.Option(

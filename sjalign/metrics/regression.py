@@ -21,8 +21,11 @@ def mse(target: np.ndarray, pred: np.ndarray) -> float:
 def r2(target: np.ndarray, pred: np.ndarray) -> float:
     """Pooled coefficient of determination 1 − Σ‖Ẑb − P‖² / Σ‖Ẑb − mean(Ẑb)‖².
 
-    Variance-weighted over dimensions (scikit-learn's ``multioutput='variance_weighted'``);
-    target, pred (n, d_b). 1 is a perfect map, 0 no better than the test mean.
+    Variance-weighted over dimensions: equal to scikit-learn's ``multioutput='variance_weighted'`` when
+    every target dimension varies on the test rows. A dimension that is constant there differs:
+    scikit-learn gives it weight 0 and ignores its error, here its squared error still counts in the
+    numerator (a map that misses a constant is penalised). target, pred (n, d_b). 1 is a perfect map,
+    0 no better than the test mean; NaN when the target does not vary at all.
     """
     _check_pair(target, pred)
     t = target.astype(np.float64)
