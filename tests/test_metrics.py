@@ -19,6 +19,7 @@ from sjalign.metrics import (
     dsc,
     effective_rank,
     kappa,
+    numerical_rank,
     knn_indices,
     linear_cka,
     mse,
@@ -246,9 +247,13 @@ def test_kappa():
     assert kappa(_orthogonal(6, rng)) == pytest.approx(1.0, abs=1e-10)
     assert kappa(_semi_orthogonal(3, 7, rng)) == pytest.approx(1.0, abs=1e-10)
     assert kappa(_semi_orthogonal(7, 3, rng)) == pytest.approx(1.0, abs=1e-10)
-    # singular values below 1e-6·σmax are ignored; those just above are kept
-    assert kappa(np.diag([1.0, 2, 3, 1e-9 * 3])) == pytest.approx(3.0, rel=1e-10)
+    # exact: no ceiling (the old 1e-6·σmax cut-off capped κ near 1e6), inf when numerically singular
+    assert kappa(np.diag([1.0, 2, 3, 1e-9 * 3])) == pytest.approx(1e9, rel=1e-10)
     assert kappa(np.diag([1.0, 2, 3, 1e-5 * 3])) == pytest.approx(1e5, rel=1e-6)
+    assert kappa(np.diag([1.0, 2, 3, 0.0])) == np.inf and numerical_rank(np.diag([1.0, 2, 3, 0.0])) == 3
+    assert numerical_rank(np.diag([1.0, 2, 3, 1e-9])) == 4 == np.linalg.matrix_rank(np.diag([1.0, 2, 3, 1e-9]))
+    low = np.random.default_rng(12).normal(size=(6, 2)) @ np.random.default_rng(13).normal(size=(2, 9))
+    assert kappa(low) == np.inf and numerical_rank(low) == 2 == np.linalg.matrix_rank(low)
     # invariant to orthogonal rotations on either side, rectangular too
     u, v = _orthogonal(4, rng), _orthogonal(6, rng)
     w = u @ np.diag([0.5, 1.0, 2.0, 4.0]) @ np.eye(4, 6) @ v
@@ -310,7 +315,7 @@ def test_score_map_keys_and_values():
     q = _semi_orthogonal(d_b, d_a, rng)
     out = score_map(w, za, zb, ks=(1, 5), q=q, device=CPU)
     assert set(out) == {"mse", "r2", "cka", "cka_raw", "dsc", "nos@1", "nos@5", "retrieval@1",
-                        "procrustes_error", "kappa", "orth_dev"}
+                        "procrustes_error", "kappa", "rank", "orth_dev"}
     p = za @ w.T
     assert out["r2"] == pytest.approx(r2_score(zb, p, multioutput="variance_weighted"), rel=1e-10)
     assert out["mse"] == pytest.approx(mean_squared_error(zb, p), rel=1e-10)

@@ -119,7 +119,7 @@ def fit_map_command(
     from sjalign.errors import SjalignError
     from sjalign.io import check_output, hash_files_in_background, provenance
     from sjalign.lazy_io import open_latents_set
-    from sjalign.metrics import kappa
+    from sjalign.metrics import kappa, numerical_rank
     from sjalign.protocol import choose_split
 
     check_choice("--method", method, METHODS)
@@ -162,7 +162,7 @@ def fit_map_command(
     save_map(output, amap, meta, force=force)
     result = {"map": str(output), "method": amap.method, "lambda": amap.lam, "n_train": n_train,
               "n_test": int(split.test.sum()), "d_a": amap.d_a, "d_b": amap.d_b, "direction": "a->b",
-              "kappa": kappa(amap.W), "split": split.how, "shards_a": len(a_paths), "shards_b": len(b_paths),
+              "kappa": kappa(amap.W), "rank": numerical_rank(amap.W), "split": split.how, "shards_a": len(a_paths), "shards_b": len(b_paths),
               "precision": precision}
     if "kappa_caa" in amap.info:
         result["kappa_caa"] = amap.info["kappa_caa"]
@@ -174,4 +174,4 @@ def fit_map_command(
         fell_back = f" (lstsq requested; {amap.info['fallback']})" if "fallback" in amap.info else ""
         console.print(f"wrote {output}: {amap.method} map {amap.d_a} -> {amap.d_b} (A -> B), λ = {amap.lam:g}, "
                       f"n_train = {n_train}, n_test = {result['n_test']} ({split.how}), "
-                      f"κ(W) = {result['kappa']:.3g}{fell_back}")
+                      f"κ(W) = {result['kappa']:.3g}, rank {result['rank']} of {min(amap.d_a, amap.d_b)}{fell_back}")

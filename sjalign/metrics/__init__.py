@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sjalign.metrics.cka import linear_cka
-from sjalign.metrics.diagnostics import effective_rank, kappa, orth_dev, procrustes_error
+from sjalign.metrics.diagnostics import effective_rank, kappa, numerical_rank, orth_dev, procrustes_error
 from sjalign.metrics.distances import DEFAULT_DSC_POINTS, dsc
 from sjalign.metrics.neighbours import DEFAULT_KS, knn_indices, nos_at_k, retrieval_at_1
 from sjalign.metrics.regression import mse, r2
@@ -23,7 +23,7 @@ def score_map(w: np.ndarray, za: np.ndarray, zb: np.ndarray, *, ks=DEFAULT_KS, q
 
     Returns:
         {"mse", "r2", "cka", "cka_raw", "dsc", "nos@K"..., "retrieval@1", "procrustes_error",
-        "kappa", "orth_dev"}.
+        "kappa", "rank", "orth_dev"}: κ exact (inf when W is singular), rank its numerical rank.
     """
     p = za @ w.T  # (n, d_b)
     out = {
@@ -38,12 +38,13 @@ def score_map(w: np.ndarray, za: np.ndarray, zb: np.ndarray, *, ks=DEFAULT_KS, q
     if q is not None:
         out["procrustes_error"] = procrustes_error(zb, za, q)
     out["kappa"] = kappa(w)
+    out["rank"] = numerical_rank(w)
     out["orth_dev"] = orth_dev(w)
     return out
 
 
 __all__ = [
     "DEFAULT_DSC_POINTS", "DEFAULT_KS", "dsc", "effective_rank", "kappa", "knn_indices",
-    "linear_cka", "mse", "nos_at_k", "orth_dev", "procrustes_error", "r2",
+    "linear_cka", "mse", "nos_at_k", "numerical_rank", "orth_dev", "procrustes_error", "r2",
     "retrieval_at_1", "score_map",
 ]

@@ -5,16 +5,29 @@ from __future__ import annotations
 import numpy as np
 
 
-def kappa(w: np.ndarray, *, rel_tol: float = 1e-6) -> float:
-    """Condition number σ_max / σ_min over the min(d_a, d_b) singular values > rel_tol·σ_max.
-
-    w: (d_b, d_a). NaN for an all-zero map.
-    """
+def _singular_values(w: np.ndarray) -> tuple[np.ndarray, float]:
+    """Singular values of w (largest first) and the numerical-zero threshold σ_max·max(d_a, d_b)·ε (numpy's)."""
     s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
+    tol = (s[0] if s.size else 0.0) * max(w.shape) * np.finfo(np.float64).eps
+    return s, tol
+
+
+def kappa(w: np.ndarray) -> float:
+    """Condition number σ_max / σ_min over all min(d_a, d_b) singular values of w (d_b, d_a).
+
+    Exact: inf when w is numerically singular (σ_min ≤ σ_max·max(d_a, d_b)·ε, see :func:`numerical_rank`),
+    NaN for an all-zero map. (JSON outputs write inf as null; the rank beside it says why.)
+    """
+    s, tol = _singular_values(w)
     if s.size == 0 or s[0] <= 0:
         return float("nan")
-    kept = s[s > rel_tol * s[0]]
-    return float(kept[0] / kept[-1])
+    return float("inf") if s[-1] <= tol else float(s[0] / s[-1])
+
+
+def numerical_rank(w: np.ndarray) -> int:
+    """Singular values of w above σ_max·max(d_a, d_b)·ε (``numpy.linalg.matrix_rank``'s rule); ≤ min(d_a, d_b)."""
+    s, tol = _singular_values(w)
+    return int(np.sum(s > tol)) if s.size and s[0] > 0 else 0
 
 
 def orth_dev(w: np.ndarray) -> float:
