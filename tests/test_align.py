@@ -219,6 +219,22 @@ def test_procrustes_rectangular_is_semi_orthogonal_polar_factor_and_optimal(d_a,
             assert best_resid <= np.sum((zb - za @ cand.T) ** 2) + 1e-6
 
 
+def test_procrustes_warns_when_the_cross_covariance_is_rank_deficient():
+    """n_train < d: C_ab has rank < d, the orthogonal map is not unique there, and the fit says so."""
+    import warnings
+
+    from sjalign.align import IllConditionedWarning
+
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(6, 10)), rng.normal(size=(6, 10))  # rank(C_ab) <= n - 1 = 5 after centring
+    with pytest.warns(IllConditionedWarning, match="rank 5 < min"):
+        amap = fit_map(x, y, np.arange(6), method="procrustes")
+    assert amap.info["c_ab_rank"] == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a well-posed fit is silent
+        fit_map(rng.normal(size=(100, 4)), rng.normal(size=(100, 4)), np.arange(100), method="procrustes")
+
+
 # ---------------------------------------------------------------- planted ground truth
 
 @pytest.mark.parametrize("method", ["ridge", "lstsq", "procrustes"])

@@ -134,7 +134,8 @@ def map_from_moments(std: Standardised, train_state_ids: np.ndarray, *, method: 
         SjalignError: unknown method or negative λ.
 
     Warns:
-        IllConditionedWarning: lstsq on a singular / ill-conditioned C_aa (names κ(C_aa)), or the fallback.
+        IllConditionedWarning: lstsq on a singular / ill-conditioned C_aa (names κ(C_aa)), the fallback, or
+            Procrustes on a rank-deficient C_ab (not unique: names its rank).
     """
     if method not in METHODS:
         raise SjalignError(f"unknown map method '{method}' (use {', '.join(METHODS)})")
@@ -164,6 +165,14 @@ def map_from_moments(std: Standardised, train_state_ids: np.ndarray, *, method: 
     else:
         w = solve_procrustes(std.c_ab)
         lam = 0.0
+        sv = np.linalg.svd(std.c_ab, compute_uv=False)
+        rank = int(np.sum(sv > (sv[0] if sv.size else 0.0) * max(std.c_ab.shape) * np.finfo(np.float64).eps))
+        info["c_ab_rank"] = rank
+        if rank < min(std.c_ab.shape):
+            warnings.warn(f"orthogonal Procrustes: C_ab has rank {rank} < min(d_a, d_b) = {min(std.c_ab.shape)} "
+                          f"(n_train = {std.n}); the map is not unique on the other {min(std.c_ab.shape) - rank} "
+                          "directions, where the SVD picks one arbitrarily, so its held-out error is not "
+                          "determined by the data (use ridge, or more train pairs)", IllConditionedWarning, stacklevel=2)
     info["constant_a"] = std.constant_a.tolist()
     info["constant_b"] = std.constant_b.tolist()
     return AlignmentMap(w.astype(np.float32), std.a_mean.astype(np.float32), std.a_std.astype(np.float32),
