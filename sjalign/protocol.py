@@ -18,6 +18,8 @@ from sjalign.errors import SjalignError
 from sjalign.metrics import DEFAULT_KS, effective_rank, r2, score_map
 
 LOW_RANK_FRACTION = 0.1
+# Figures of the latents alone, the same whatever the map: the null column leaves them out
+MAP_FREE_KEYS = ("cka_raw", "eff_rank_a", "eff_rank_b")
 # Which way each metric is better (SPEC §4); NOS@k and the effective ranks are handled in higher_is_better().
 _HIGHER = {"mse": False, "r2": True, "cka": True, "cka_raw": True, "dsc": True, "retrieval@1": True,
            "procrustes_error": False, "kappa": False, "orth_dev": False}
@@ -246,6 +248,8 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
     if with_null:
         nmap = null_map(pairs, split, amap, seed=seed)
         null = score_map(nmap.W, nmap.standardise_a(x_te), nmap.standardise_b(y_te), **kw)
+        for key in MAP_FREE_KEYS:  # they do not depend on the map: the null has none of its own
+            null.pop(key, None)
         null_r2 = null_r2_distribution(x_tr, y_tr, x_te, y_te, permutations=permutations, seed=seed + 1, std=std,
                                        **amap.refit_options())
         p_value = (1 + sum(v >= metrics["r2"] for v in null_r2)) / (1 + len(null_r2))
@@ -263,8 +267,6 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
         if len(idx):
             notes.append(f"latents {side}: {len(idx)} constant feature(s) on the train split (std 0), left at 0")
     metrics.update(eff_rank_a=eff_a, eff_rank_b=eff_b)
-    if null is not None:
-        null.update(eff_rank_a=eff_a, eff_rank_b=eff_b)
     return {
         "metrics": metrics,
         "null": null,

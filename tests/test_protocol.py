@@ -108,9 +108,10 @@ def test_evaluate_planted_linear_relation():
     assert m["retrieval@1"] >= 0.9 and null["retrieval@1"] < 0.2
     assert m["cka"] > 0.98 and m["dsc"] > 0.95
     assert m["nos@5"] < null["nos@5"]
+    assert not {"cka_raw", "eff_rank_a", "eff_rank_b"} & set(null)  # figures of the latents alone: not the null's
     for key in ("mse", "r2", "cka", "cka_raw", "dsc", "nos@1", "nos@5", "nos@10", "retrieval@1",
                 "procrustes_error", "kappa", "orth_dev", "eff_rank_a", "eff_rank_b"):
-        assert key in m and key in null
+        assert key in m and (key in null) == (key not in ("cka_raw", "eff_rank_a", "eff_rank_b"))
     # r2 recomputed independently: test latents standardised with train statistics
     x_tr, y_tr = pairs.x[split.train].astype(np.float64), pairs.y[split.train].astype(np.float64)
     za = (pairs.x[split.test] - x_tr.mean(0)) / x_tr.std(0)
