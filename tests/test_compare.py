@@ -107,3 +107,24 @@ def test_evaluate_refuses_different_encoders_given_as_seeds(runner, tmp_path):
     a2 = make_latents(tmp_path / "a2.safetensors", rng.normal(size=(200, 8)), ids, encoder="timm:resnet18@v.safetensors")
     res = run(runner, "evaluate", f"{a0},{a2}", f"{b},{b1}", "--json")  # two weights files of one architecture
     assert res.exit_code == 0, res.stderr
+
+
+def test_compare_report_folder(runner, tmp_path, three):
+    report = tmp_path / "cmp"
+    res = run(runner, "compare", *three[0], "--metrics", "cka_debiased,retrieval@1", "--report", report)
+    assert res.exit_code == 0, res.stderr
+    names = sorted(p.name for p in report.iterdir())
+    assert names == sorted([".sjalign-output.json", "cka_debiased.png", "retrieval_at_1.png", "compare.json",
+                            "compare.csv", "index.html"])
+    assert (report / "cka_debiased.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (report / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "http" not in page  # self-contained
+    assert json.loads((report / "compare.json").read_text())["metrics"] == ["cka_debiased", "retrieval@1"]
+    one_error_line(run(runner, "compare", *three[0], "--report", report), "--force")
+    res = run(runner, "compare", *three[0], "--metrics", "cka", "--report", report, "--force")
+    assert res.exit_code == 0 and (report / "cka.png").exists() and not (report / "cka_debiased.png").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    one_error_line(run(runner, "compare", *three[0], "--report", mine, "--force"), "not an sjalign")
+    assert (mine / "notes.txt").read_text() == "keep"

@@ -20,6 +20,7 @@ def compare_command(
     lam: Annotated[float, typer.Option("--lambda", help="Ridge λ of the maps, per sample, in standardised units (scikit-learn's alpha = λ·n_train).")] = 1e-3,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the result as JSON.", parser=output_path)] = None,
     csv: Annotated[Path | None, typer.Option("--csv", help="Write the matrices as CSV (metric,a,b,value).", parser=output_path)] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write a folder: a heatmap PNG per measure, index.html (self-contained), compare.json and compare.csv.", parser=output_path)] = None,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -57,6 +58,13 @@ def compare_command(
     for path in (output, csv):
         if path is not None:
             check_output(path, force, inputs=files)
+            if report is not None and path.resolve().parent == report.resolve():
+                raise SjalignError(f"{path}: lies inside --report {report}, which is replaced whole; write it elsewhere")
+    if report is not None:
+        from sjalign.outputs import check_output_folder
+        from sjalign.report.compare_page import COMPARE_KIND
+
+        check_output_folder(report, force, COMPARE_KIND, inputs=files)
     latents = [load_latents(path) for path in files]
     labels = [str(p) for p in files]
 
@@ -72,6 +80,11 @@ def compare_command(
         atomic_write_bytes(output, (json.dumps(result, indent=1) + "\n").encode(), replace=force)
     if csv is not None:
         atomic_write_bytes(csv, to_csv(result).encode(), replace=force)
+    if report is not None:
+        from sjalign.outputs import publish_folder
+        from sjalign.report.compare_page import COMPARE_KIND, compare_report_files
+
+        publish_folder(compare_report_files(result), report, COMPARE_KIND, force=force)
     if json_out:
         emit_json(result)
         return
