@@ -99,7 +99,8 @@ def compare_latents(latents: list, names: list[str], *, metrics: list[str] = lis
 
     Returns:
         ``pairs``: one record per unordered pair ``{"a", "b", "n_shared", "n_train", "n_test", "split",
-        "map_free": {...}, "a_to_b": {...}, "b_to_a": {...}}``; ``matrix``: {metric: (m, m) nested lists},
+        "map_free": {...}, "a_to_b": {...}, "b_to_a": {...}}``, plus ``"layers"`` (:func:`layer_matrices`)
+        when both files carry ``layer.*`` tensors; ``matrix``: {metric: (m, m) nested lists},
         map-free ones symmetric with 1 on the diagonal, map-based ones [i][j] = the map from i to j and
         None on the diagonal; a metric that could not be computed for a pair is None.
 
@@ -134,11 +135,57 @@ def compare_latents(latents: list, names: list[str], *, metrics: list[str] = lis
                 matrix[name][i][j] = matrix[name][j][i] = value
             for name in forward:
                 matrix[name][i][j], matrix[name][j][i] = forward[name], backward[name]
-            pairs.append({"a": names[i], "b": names[j], "n_shared": int(len(paired.state_ids)),
-                          "n_train": int(split.train.sum()), "n_test": int(split.test.sum()), "split": split.how,
-                          "map_free": free, "a_to_b": forward, "b_to_a": backward})
+            record = {"a": names[i], "b": names[j], "n_shared": int(len(paired.state_ids)),
+                      "n_train": int(split.train.sum()), "n_test": int(split.test.sum()), "split": split.how,
+                      "map_free": free, "a_to_b": forward, "b_to_a": backward}
+            layers = layer_matrices(latents[i], latents[j], paired.state_ids[split.test])
+            if layers is not None:
+                record["layers"] = layers
+            pairs.append(record)
     return {"files": list(names), "metrics": metrics, "knn_metric": knn_metric, "k": k, "lambda": lam,
             "pairs": pairs, "matrix": matrix}
+
+
+LAYER_METRICS = ("cka", "cka_debiased")
+
+
+def _layer_rows(lat, ids: np.ndarray) -> tuple[list[str], dict[str, np.ndarray]]:
+    order = np.argsort(lat.state_ids)
+    rows = order[np.searchsorted(lat.state_ids, ids, sorter=order)]
+    names = sorted(lat.layers, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
+    return names, {name: lat.layers[name][rows] for name in names}
+
+
+def layer_matrices(a, b, state_ids: np.ndarray) -> dict | None:
+    """Layer × layer linear and debiased CKA of two latents files on ``state_ids`` (ids in both), and each
+    layer's best match on the other side (highest debiased CKA; linear CKA where that is undefined).
+
+    Returns:
+        ``{"layers_a", "layers_b", "n", "cka": (L_a, L_b), "cka_debiased": (L_a, L_b), "best_match_a":
+        {layer of a: layer of b}, "best_match_b": {layer of b: layer of a}}``, or None when either file has
+        no ``layer.*`` tensors.
+    """
+    from sjalign.metrics.cka import linear_cka
+    from sjalign.metrics.similarity import debiased_cka
+
+    if not getattr(a, "layers", None) or not getattr(b, "layers", None):
+        return None
+    names_a, xa = _layer_rows(a, state_ids)
+    names_b, xb = _layer_rows(b, state_ids)
+    out = {"layers_a": names_a, "layers_b": names_b, "n": int(len(state_ids))}
+    out["cka"] = [[linear_cka(xa[i], xb[j]) for j in names_b] for i in names_a]
+    out["cka_debiased"] = [[debiased_cka(xa[i], xb[j]) for j in names_b] for i in names_a]
+
+    def best(row: list[float], fallback: list[float]) -> int:
+        values = np.array([np.nan if v is None else v for v in row], dtype=np.float64)
+        if np.all(np.isnan(values)):
+            values = np.asarray(fallback, dtype=np.float64)
+        return int(np.nanargmax(values))
+
+    deb, lin = np.array(out["cka_debiased"], dtype=np.float64), np.array(out["cka"], dtype=np.float64)
+    out["best_match_a"] = {names_a[i]: names_b[best(deb[i], lin[i])] for i in range(len(names_a))}
+    out["best_match_b"] = {names_b[j]: names_a[best(deb[:, j], lin[:, j])] for j in range(len(names_b))}
+    return out
 
 
 def to_csv(result: dict) -> str:

@@ -128,3 +128,26 @@ def test_compare_report_folder(runner, tmp_path, three):
     (mine / "notes.txt").write_text("keep")
     one_error_line(run(runner, "compare", *three[0], "--report", mine, "--force"), "not an sjalign")
     assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_two_files_with_layers_give_the_layer_matrix_and_best_matches(runner, tmp_path):
+    from sjalign.io import Latents, save_latents
+
+    rng = np.random.default_rng(3)
+    n = 300
+    ids = np.arange(n)
+    split = (ids % 4 == 0).astype(np.uint8)
+    l0, l1 = rng.normal(size=(n, 6)), rng.normal(size=(n, 5))
+    q6, q5 = (scipy.linalg.qr(rng.normal(size=(d, d)))[0] for d in (6, 5))
+    a = Latents(l1.astype(np.float32), ids, None, split, layers={"0": l0.astype(np.float32), "1": l1.astype(np.float32)})
+    b = Latents((l0 @ q6).astype(np.float32), ids, None, split,
+                layers={"0": (l1 @ q5).astype(np.float32), "1": (l0 @ q6).astype(np.float32)})  # layers swapped
+    pa = save_latents(tmp_path / "a.safetensors", a, {"encoder": "x"})
+    pb = save_latents(tmp_path / "b.safetensors", b, {"encoder": "y"})
+    res = run(runner, "compare", pa, pb, "--metrics", "cka", "--json", "--report", tmp_path / "r")
+    assert res.exit_code == 0, res.stderr
+    layers = json.loads(res.stdout)["pairs"][0]["layers"]
+    assert layers["best_match_a"] == {"0": "1", "1": "0"} and layers["best_match_b"] == {"0": "1", "1": "0"}
+    assert layers["cka"][0][1] == pytest.approx(1.0) and layers["cka_debiased"][1][0] == pytest.approx(1.0)
+    assert abs(layers["cka_debiased"][0][0]) < 0.1 and layers["n"] == int(split.sum())
+    assert (tmp_path / "r" / "layers_1.png").is_file()

@@ -93,6 +93,10 @@ def compare_command(
     short = [f"[{i}]" for i in range(len(labels))]
     for i, (label, enc, dim) in enumerate(zip(labels, result["encoders"], result["dims"])):
         console.print(f"{short[i]} {label} ({enc}, {dim} dims)")
+    for pair in result["pairs"]:
+        if "layers" in pair:
+            matches = ", ".join(f"{k} → {v}" for k, v in pair["layers"]["best_match_a"].items())
+            console.print(f"layers of {pair['a']} and their best match in {pair['b']} (debiased CKA): {matches}")
     for name in names:
         directed = "" if name in MAP_FREE else " (row: map from, column: map to)"
         table = Table(title=f"{name}{directed}")

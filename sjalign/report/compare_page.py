@@ -57,6 +57,11 @@ def render_compare_page(result: dict, figures: list[tuple[str, str, bytes]]) -> 
         parts.append(f"<tr><td>[{i}]</td><td>{esc(path)}</td><td>{esc(str(enc))}</td><td>{dim}</td></tr>")
     parts.append("</tbody></table>")
     for name, caption, png in figures:
+        if name not in result["matrix"]:  # a layer × layer picture: its caption says it all
+            parts.append(f"<h2>{esc(caption.split(';')[0])}</h2><figure><img alt='{esc(name)}' "
+                         f"src='data:image/png;base64,{base64.b64encode(png).decode()}'><figcaption>{esc(caption)}"
+                         "</figcaption></figure>")
+            continue
         matrix = result["matrix"][name]
         head = "".join(f"<th>[{j}]</th>" for j in range(len(files)))
         body = "".join(f"<tr><td>[{i}]</td>" + "".join(f"<td>{'—' if v is None else f'{v:.3f}'}</td>" for v in row)
@@ -81,7 +86,16 @@ def compare_report_files(result: dict) -> dict[str, bytes]:
         caption = (f"{name}: a ridge map from the row's file to the column's, fitted on train states and scored on "
                    "held-out ones" if directed else f"{name} between the files' held-out latents (symmetric)")
         figures.append((name, caption, png_bytes(fig)))
-    files = {f"{name.replace('@', '_at_')}.png": png for name, _, png in figures}
+    for pair in result["pairs"]:
+        if "layers" in pair:
+            from sjalign.report.figures import fig_layer_cka
+
+            lay = pair["layers"]
+            fig = fig_layer_cka(lay["layers_a"], lay["layers_b"], lay["cka"], name_a=pair["a"], name_b=pair["b"],
+                                n=lay["n"])
+            figures.append((f"layers {len(figures)}", f"layer × layer linear CKA of {pair['a']} and {pair['b']}; "
+                            f"best matches (debiased CKA): {lay['best_match_a']}", png_bytes(fig)))
+    files = {f"{name.replace('@', '_at_').replace(' ', '_')}.png": png for name, _, png in figures}
     files["compare.json"] = (json.dumps(result, indent=1) + "\n").encode()
     files["compare.csv"] = to_csv(result).encode()
     files["index.html"] = render_compare_page(result, figures).encode("utf-8")
