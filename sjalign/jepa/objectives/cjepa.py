@@ -95,7 +95,9 @@ class CJEPA(IJEPA):
     name = "cjepa"
     export_prefix = "target_encoder"
     summary = "ijepa from two context blocks + β·VICReg on their pooled, projected embeddings"
-    recipe = {"epochs": 4}  # ~7 min for 8,572 images on two CPU cores (README: Does it learn?)
+    # ~15 min for 8,572 images on two CPU cores; like ijepa it needs the longer schedule to get past the
+    # positional shortcut (README: Does it learn?)
+    recipe = {"epochs": 16}
     options = {
         "vicreg_weight": ObjectiveOption(0.001, "β_vicreg: weight of VICReg beside the prediction", at_least(0)),
         "vicreg_coeffs": ObjectiveOption((25.0, 25.0, 1.0), "β_sim,β_std,β_cov of VICReg",
