@@ -14,20 +14,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shlex
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-
-def sh(*args: object) -> float:
-    cmd = [sys.executable, "-m", "sjalign", *map(str, args)]
-    print("$ sjalign " + shlex.join(cmd[3:]), file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
-        sys.exit(f"stopped: 'sjalign {args[0]}' failed")
-    return time.perf_counter() - t0
+from objectives import sh  # the same runner: echo the command, time it, stop on failure
 
 
 def main() -> None:
