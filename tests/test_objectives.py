@@ -99,10 +99,10 @@ def test_sigreg_near_its_null_value_for_gaussian_and_large_for_collapse():
     assert gauss == pytest.approx(null, rel=0.12)
     assert gauss / n < 2e-3  # the per-sample discrepancy is ~0
     collapsed = sigreg(torch.zeros(n, d), c).item()
-    lorank = sigreg(torch.randn(n, 2, generator=g) @ torch.randn(2, d, generator=g) / math.sqrt(2), c).item()
+    low_rank = sigreg(torch.randn(n, 2, generator=g) @ torch.randn(2, d, generator=g) / math.sqrt(2), c).item()
     too_wide = sigreg(3 * torch.randn(n, d, generator=g), c).item()
     shifted = sigreg(torch.randn(n, d, generator=g) + 1.0, c).item()
-    for value in (collapsed, lorank, too_wide, shifted):
+    for value in (collapsed, low_rank, too_wide, shifted):
         assert value > 20 * gauss
     assert collapsed > 200
 

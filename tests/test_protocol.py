@@ -136,7 +136,7 @@ def test_evaluate_unrelated_latents_are_not_significant():
     assert res["r2_p_value"] > 0.05
 
 
-def test_evaluate_warns_on_lorank_and_constant_features():
+def test_evaluate_warns_on_low_rank_and_constant_features():
     pairs = _pairs(300, d_a=40, d_b=6, rank=2)
     x = pairs.x.copy()
     x[:, 5] = 0.0
