@@ -86,7 +86,7 @@ def map_scores(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.nd
     return out
 
 
-def compare_latents(latents: list, names: list[str], *, metrics: list[str] = list(METRICS), k: int = 10,
+def compare_latents(latents: list, names: list[str], *, metrics=METRICS, k: int = 10,
                     knn_metric: str = "cosine", test_fraction: float = 0.2, seed: int = 0, lam: float = DEFAULT_LAMBDA,
                     progress: Callable[[str, str], None] | None = None) -> dict:
     """Every pair of latents sets on their shared states: ``{"files", "metrics", "pairs", "matrix"}``.
