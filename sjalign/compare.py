@@ -70,9 +70,8 @@ def map_scores(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.nd
     if not wanted:
         return {}
     amap = fit_map(x_tr, y_tr, np.arange(len(x_tr)), method="ridge", lam=lam)
-    za = (x_te - amap.a_mean) / amap.a_std
-    zb = (y_te - amap.b_mean) / amap.b_std
-    pred = za @ amap.W.T
+    zb = amap.standardise_b(y_te)
+    pred = amap.standardise_a(x_te) @ amap.W.T
     n = len(zb)
     out: dict[str, float | None] = {}
     if "r2" in wanted:
@@ -149,13 +148,6 @@ def compare_latents(latents: list, names: list[str], *, metrics=METRICS, k: int 
 LAYER_METRICS = ("cka", "cka_debiased")
 
 
-def _layer_rows(lat, ids: np.ndarray) -> tuple[list[str], dict[str, np.ndarray]]:
-    order = np.argsort(lat.state_ids)
-    rows = order[np.searchsorted(lat.state_ids, ids, sorter=order)]
-    names = sorted(lat.layers, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
-    return names, {name: lat.layers[name][rows] for name in names}
-
-
 def layer_matrices(a, b, state_ids: np.ndarray) -> dict | None:
     """Layer × layer linear and debiased CKA of two latents files on ``state_ids`` (ids in both), and each
     layer's best match on the other side (highest debiased CKA; linear CKA where that is undefined).
@@ -167,11 +159,12 @@ def layer_matrices(a, b, state_ids: np.ndarray) -> dict | None:
     """
     from sjalign.metrics.cka import linear_cka
     from sjalign.metrics.similarity import debiased_cka
+    from sjalign.runs import layer_rows
 
     if not getattr(a, "layers", None) or not getattr(b, "layers", None):
         return None
-    names_a, xa = _layer_rows(a, state_ids)
-    names_b, xb = _layer_rows(b, state_ids)
+    names_a, xa = layer_rows(a, state_ids)
+    names_b, xb = layer_rows(b, state_ids)
     out = {"layers_a": names_a, "layers_b": names_b, "n": int(len(state_ids))}
     out["cka"] = [[linear_cka(xa[i], xb[j]) for j in names_b] for i in names_a]
     out["cka_debiased"] = [[debiased_cka(xa[i], xb[j]) for j in names_b] for i in names_a]

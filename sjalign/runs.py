@@ -175,6 +175,15 @@ def default_budgets(n_train: int, *, points: int = 6, smallest: int = 32) -> tup
     return tuple(sorted({int(round(v)) for v in np.geomspace(low, n_train, points)}))
 
 
+def layer_rows(lat: Latents, state_ids: np.ndarray) -> tuple[list[str], dict[str, np.ndarray]]:
+    """A latents file's layer names in depth order (numeric first) and each layer's rows of ``state_ids``
+    (ids the file holds, in that order): ({name: (m, d_l)})."""
+    order = np.argsort(lat.state_ids)
+    rows = order[np.searchsorted(lat.state_ids, state_ids, sorter=order)]
+    names = sorted(lat.layers, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
+    return names, {name: lat.layers[name][rows] for name in names}
+
+
 def layerwise_cka(a: Latents, b: Latents, state_ids: np.ndarray, *, max_points: int = 1000,
                   seed: int = 0) -> dict | None:
     """Linear CKA between every layer of A and every layer of B on the states ``state_ids``.
@@ -199,12 +208,10 @@ def layerwise_cka(a: Latents, b: Latents, state_ids: np.ndarray, *, max_points: 
         ids = np.sort(np.random.default_rng(seed).choice(ids, max_points, replace=False))
 
     def grams(lat: Latents) -> tuple[list[str], list[np.ndarray]]:
-        order = np.argsort(lat.state_ids)
-        rows = order[np.searchsorted(lat.state_ids, ids, sorter=order)]
-        names = sorted(lat.layers, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
+        names, layers = layer_rows(lat, ids)
         out = []
         for name in names:
-            x = lat.layers[name][rows].astype(np.float64)
+            x = layers[name].astype(np.float64)
             x -= x.mean(0)
             k = x @ x.T  # (m, m)
             norm = np.linalg.norm(k)

@@ -165,8 +165,9 @@ def map_from_moments(std: Standardised, train_state_ids: np.ndarray, *, method: 
     else:
         w = solve_procrustes(std.c_ab)
         lam = 0.0
-        sv = np.linalg.svd(std.c_ab, compute_uv=False)
-        rank = int(np.sum(sv > (sv[0] if sv.size else 0.0) * max(std.c_ab.shape) * np.finfo(np.float64).eps))
+        from sjalign.metrics.diagnostics import numerical_rank
+
+        rank = numerical_rank(std.c_ab)  # the same rule as W's rank
         info["c_ab_rank"] = rank
         if rank < min(std.c_ab.shape):
             warnings.warn(f"orthogonal Procrustes: C_ab has rank {rank} < min(d_a, d_b) = {min(std.c_ab.shape)} "

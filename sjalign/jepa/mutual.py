@@ -270,12 +270,10 @@ def _train_pair(config_a: PretrainConfig, config_b: PretrainConfig, feed_a: _Fee
             masks_a, masks_b = a.begin_step(), b.begin_step()
             with a.counter.count(signature(x_a, masks_a) + ("forward",)) as fwd_a:
                 loss_a = a.loss(x_a, masks_a, batches[i])
-                with a.amp:
-                    z_a = a.model.encoder(x_a).float().mean(1)
+                z_a = a.pooled(x_a)
             with b.counter.count(signature(x_b, masks_b) + ("forward",)) as fwd_b:
                 loss_b = b.loss(x_b, masks_b, batches[i])
-                with b.amp:
-                    z_b = b.model.encoder(x_b).float().mean(1)
+                z_b = b.pooled(x_b)
             term_a, term_b = coupling(z_a, z_b)
             for run, loss, term, fwd, x, masks in ((a, loss_a, term_a, fwd_a, x_a, masks_a),
                                                    (b, loss_b, term_b, fwd_b, x_b, masks_b)):

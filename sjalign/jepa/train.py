@@ -408,9 +408,15 @@ class _Trainee:
         with self.amp:
             loss = self.net(x, masks)
             if self.align is not None:  # the alignment term on the student's pooled latents
-                self.align_term = self.align(self.model.encoder(x).float().mean(1), batch_rows.numpy())
+                self.align_term = self.align(self.pooled(x), batch_rows.numpy())
                 loss = loss + self.align_term
         return loss
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, C, H, W) -> (b, d) float32: the encoder's mean-pooled tokens, with gradient (what the
+        teacher and cross-model terms compare)."""
+        with self.amp:
+            return self.model.encoder(x).float().mean(1)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Gradients of ``loss`` (DDP averages them over ranks)."""

@@ -157,7 +157,8 @@ def cknna(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
     _check_kernel_rows(n, "CKNNA")
     if not 2 <= k < n:
         raise SjalignError(f"CKNNA needs 2 <= k < n = {n}, got k = {k}")
-    kx, ly = _unit_rows(x) @ _unit_rows(x).T, _unit_rows(y) @ _unit_rows(y).T
+    ux, uy = _unit_rows(x), _unit_rows(y)
+    kx, ly = ux @ ux.T, uy @ uy.T
     mx, my = _top_k_mask(kx, k), _top_k_mask(ly, k)
     both = mx & my
     kk, ll = _hsic_unbiased_gram(mx * kx, mx * kx), _hsic_unbiased_gram(my * ly, my * ly)
