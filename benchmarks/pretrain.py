@@ -62,6 +62,9 @@ def rates(images: int, start: tuple[float, float], end: tuple[float, float]) -> 
     return images / (end[0] - start[0]), images / (end[1] - start[1])
 
 
+FLOPS_PER_IMAGE: list[float] = []  # the trainer's own count, training FLOPs per image (filled by run_sjalign)
+
+
 def run_sjalign(config, images: torch.Tensor, progress: bool) -> tuple[float, float]:
     """Images/s (wall, CPU) of ``pretrain`` over epochs 2..E (with their checkpoints)."""
     from sjalign.jepa import pretrain
@@ -69,9 +72,27 @@ def run_sjalign(config, images: torch.Tensor, progress: bool) -> tuple[float, fl
     marks: list[tuple[float, float]] = []
     on_step = (lambda step, total, loss, img_s: None) if progress else None
     with tempfile.TemporaryDirectory() as tmp:
-        pretrain(config, images, tmp, on_step=on_step, on_epoch=lambda record: marks.append(clocks()))
+        summary = pretrain(config, images, tmp, on_step=on_step, on_epoch=lambda record: marks.append(clocks()))
     steps = len(images) // config.batch_size
+    FLOPS_PER_IMAGE.append(summary["flops"] / (config.epochs * steps * config.batch_size))
     return rates((config.epochs - 1) * steps * config.batch_size, marks[0], marks[-1])
+
+
+def gemm_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
+    """Measured bf16 matrix-product rate (TFLOP/s) of an n×n×n product on ``device``: the peak
+    that the trainer's FLOP rate is compared with (median of ``reps`` event-timed products)."""
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * n ** 3 / statistics.median(times) / 1e12
 
 
 def run_minimal(config, images: torch.Tensor, device: torch.device, precision: str) -> tuple[float, float]:
@@ -173,9 +194,15 @@ def main() -> None:
     print(summary("sjalign", sj))
     print(summary("minimal", mini))
     print(ratio("sjalign / minimal", sj, mini, "target >= 1.0 on CPU"))
+    flops = statistics.median(FLOPS_PER_IMAGE)
+    achieved = statistics.median(v[0] for v in sj) * flops / 1e12
+    print(f"sjalign trains at {achieved:.3f} TFLOP/s (the trainer's count: {flops:.3e} FLOPs per image)")
     if naive:
         print(summary("naive fp32", naive))
         print(ratio("sjalign / naive fp32", sj, naive, "target >= 1.3 on a GPU; read the wall clock"))
+        peak = gemm_tflops(device)
+        print(f"bf16 GEMM 8192^3 measured in this run: {peak:.0f} TFLOP/s; sjalign reaches "
+              f"{100 * achieved / peak:.2f} % of it")
     else:
         print("naive fp32 loop: on the CPU it is the minimal loop above (no bf16 there); run on CUDA for the "
               "GPU target (>= 1.3x)")

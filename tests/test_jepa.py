@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -175,7 +176,8 @@ def test_training_lowers_loss_on_fashion_mnist(fmnist, tmp_path):
     log = read_log(tmp_path / "run")
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert log[-1]["loss"] < 0.8 * log[0]["loss"]
-    assert len(steps) == summary["steps"] == 24 and steps[-1][:2] == (24, 24)
+    assert summary["steps"] == 24 and steps[-1][:2] == (24, 24)  # 8 steps per epoch: each epoch's last step
+    assert [s[0] for s in steps] == [8, 16, 24] and all(math.isfinite(s[2]) for s in steps)
     assert set(log[0]) >= {"epoch", "loss", "img_per_s", "seconds", "lr", "flops"}
     assert 0 < log[0]["flops"] < log[1]["flops"] < log[2]["flops"] == summary["flops"]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["vit"]["embed_dim"] == 128

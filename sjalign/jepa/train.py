@@ -52,6 +52,8 @@ StepCallback = Callable[[int, int, float, float], None]
 EpochCallback = Callable[[dict[str, Any]], None]
 Images = Union[torch.Tensor, Dataset]
 
+PROGRESS_EVERY = 10  # steps between on_step calls: each reads the loss, a host sync on CUDA
+
 __all__ = ["PretrainConfig", "pretrain", "lr_at"]
 
 
@@ -226,9 +228,10 @@ def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, res
         on_start: called once every check has passed, before the first step, with
             ``{"device", "world_size", "n", "steps_per_epoch", "total_steps", "start_epoch",
             "resumed"}`` (so a caller prints nothing for a refused run).
-        on_step: called after every optimizer step with
-            (step, total_steps, loss, img_per_s); step counts from 1; the loss is rank 0's,
-            img/s counts all ranks.
+        on_step: called every :data:`PROGRESS_EVERY` optimizer steps and after each epoch's
+            last step, with (step, total_steps, loss, img_per_s); step counts from 1; the loss
+            is that step's, rank 0's (reading it is the loop's only host sync, hence the
+            interval); img/s counts all ranks.
         on_epoch: called after each epoch's checkpoint with the epoch's log record
             ``{"epoch", "loss", "terms", "img_per_s", "flops", "seconds", "lr", "momentum", "step"}``
             (plus ``"eval"`` when the epoch was evaluated; ``terms``: each loss term's epoch
@@ -523,9 +526,9 @@ def _train(config: PretrainConfig, feed: _Feed, out_dir: Path, state: ckpt.Train
         batches = run.begin_epoch()
         for i, x in enumerate(feed.epoch(batches)):  # x: (b, C, H, W), this rank's rows
             loss = run.train_step(x, batches[i])
-            if on_step is not None and info.is_main:
+            if on_step is not None and info.is_main and ((i + 1) % PROGRESS_EVERY == 0 or i + 1 == len(batches)):
                 img_s = (i + 1) * run.batch_size / max(time.perf_counter() - run.t_epoch, 1e-9)
-                on_step(run.step, run.total_steps, loss.item(), img_s)  # the only per-step sync, and only with a listener
+                on_step(run.step, run.total_steps, loss.item(), img_s)  # the only host sync, once per interval
         seen_run += run.steps_per_epoch * run.batch_size
         run.end_epoch(epoch, on_epoch)
     run.finish()
