@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 T0 = time.monotonic()
 
 # (name, pretrain options): the 2-core recipes (10,000 states) and variants that stay within
@@ -89,7 +90,7 @@ def environment(results: dict) -> None:
                       "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                       "cpus": os.cpu_count()}
     log(f"environment: {results['env']}")
-    if not ARGS.smoke:
+    if not ARGS.smoke and not ARGS.no_tests:
         code, out = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests"],
                         timeout=60)
         results["gpu_tests"] = {"exit": code, "tail": out.strip().splitlines()[-3:]}
@@ -102,6 +103,7 @@ def throughput(results: dict) -> None:
              ("vit_small", ["--n", "1536", "--batch-size", "128"], []),
              ("vit_tiny", ["--n", "16384", "--batch-size", "128"], ["--compile"]),
              ("vit_small", ["--n", "1536", "--batch-size", "128"], ["--compile"])]
+    cases = [case for case in cases if case[0] in ARGS.models.split(",")]
     if ARGS.smoke:
         cases = [("vit_tiny", ["--n", "256", "--batch-size", "64"], [])]
     results["throughput"] = []
@@ -200,6 +202,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--deadline", type=float, default=470, help="seconds from the start for the whole script")
     ap.add_argument("--runs", type=Path, default=Path("/tmp/lease_runs"), help="the training runs' folders")
+    ap.add_argument("--models", default="vit_tiny,vit_small", help="the throughput phase's models")
+    ap.add_argument("--no-tests", action="store_true", help="skip the CUDA tests")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: check the script")
     ARGS = ap.parse_args()
     ARGS.out.mkdir(parents=True, exist_ok=True)

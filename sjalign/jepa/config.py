@@ -149,6 +149,8 @@ class PretrainConfig:
         cls = objective_class(self.objective)
         recipe, declared = getattr(cls, "recipe", {}), getattr(cls, "options", {})  # a duck-typed objective has neither
         for field, default in TRAINING_DEFAULTS.items():
+            if field == "pred_dim":  # half the encoder's width (64 for vit_tiny, 192 for vit_small)
+                default = self.vit.embed_dim // 2
             if getattr(self, field) is None:
                 object.__setattr__(self, field, recipe.get(field, default))
         object.__setattr__(self, "ema", tuple(float(m) for m in self.ema))
