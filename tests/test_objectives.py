@@ -425,7 +425,7 @@ def test_exported_encoder_of_each_objective():
 
 def test_config_fills_defaults_and_refuses_inapplicable_options():
     assert tiny_config("lejepa").reg_weight == 0.02 and tiny_config("lpjepa").reg_weight == 10.0
-    assert tiny_config("lejepa").num_views == 4 and tiny_config("lpjepa").num_views == 2
+    assert tiny_config("lejepa").num_views == 2 and tiny_config("lpjepa").num_views == 2
     assert tiny_config("simclr").temperature == 0.5 and tiny_config("mae").mask_ratio == 0.75
     assert tiny_config("cjepa").vicreg_coeffs == (25.0, 25.0, 1.0) and tiny_config("cjepa").vicreg_weight == 0.001
     assert tiny_config("ijepa").temperature is None
@@ -447,7 +447,7 @@ def test_a_config_written_before_options_existed_still_reads():
     legacy = {"objective": "lejepa", "reg_weight": 0.05, "num_slices": 256, "proj_dim": None, "temperature": None,
               "rgg_p": None, "epochs": 2, "lr": 3e-4, "batch_size": 64}  # flat keys, None = not given
     cfg = PretrainConfig.from_dict(legacy)
-    assert cfg.options == {"reg_weight": 0.05, "num_slices": 256, "num_views": 4, "proj_dim": 16}
+    assert cfg.options == {"reg_weight": 0.05, "num_slices": 256, "num_views": 2, "proj_dim": 16}
     assert cfg.reg_weight == 0.05 and cfg.temperature is None and cfg.epochs == 2
     assert PretrainConfig.from_json(cfg.to_json()) == cfg
 

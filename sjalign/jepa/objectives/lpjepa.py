@@ -85,7 +85,7 @@ class LpJEPA(Objective):
     name = "lpjepa"
     export_prefix = "encoder"
     summary = "view invariance + λ·RDMReg (sliced W2² to rectified generalised Gaussian samples) on ReLU projections"
-    recipe = {"lr": 1e-3, "epochs": 6}  # ~8 min for 8,572 images on two CPU cores (README: Does it learn?)
+    recipe = {"lr": 1e-3, "epochs": 15}  # ~19 min for 8,572 images on two CPU cores (README: Does it learn?)
     options = {
         "reg_weight": ObjectiveOption(10.0, "weight λ of RDMReg; L = inv + λ·RDMReg", at_least(0)),
         "num_slices": ObjectiveOption(256, "random 1-D projections of RDMReg per step", at_least(1, integer=True)),
