@@ -528,6 +528,33 @@ def test_knn_ties_go_to_the_smaller_index_for_every_tiling(chunk, max_elements):
         np.testing.assert_array_equal(got, _brute_knn(x, k))
 
 
+def _offset_dyadic(n: int, d: int, seed: int) -> np.ndarray:
+    """Points 4096 + j/4 (j small integers): exact in float32, with exact float64 distances, many of
+    them tied (duplicates and mirror images), where float32's ‖q‖² − 2q·x + ‖x‖² (≈ 1.7e7·d) rounds
+    the distances (at most 2·d·(3/4)²) away."""
+    rng = np.random.default_rng(seed)
+    x = (4096 + rng.integers(-3, 4, size=(n, d)) / 4).astype(np.float32)
+    x[7] = x[30]
+    x[11] = 2 * 4096 - x[12]  # x[11] and x[12] mirror each other about (4096, ..., 4096)
+    return x
+
+
+@pytest.mark.parametrize("chunk,max_elements", [(2048, 1 << 24), (2048, 300)])
+def test_knn_and_retrieval_use_exact_distances_not_float32_rounding(chunk, max_elements):
+    x = _offset_dyadic(150, 5, 21)
+    for k in (1, 6):
+        got = knn_indices(x, k, chunk=chunk, device=CPU, max_elements=max_elements)
+        np.testing.assert_array_equal(got, _brute_knn(x, k))
+    pred = (x + np.random.default_rng(3).integers(-1, 2, size=x.shape) / 4).astype(np.float32)
+    d2 = ((pred[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1)
+    expected = np.mean(d2.argmin(1) == np.arange(len(x)))  # argmin: the first (smallest-index) minimum
+    assert retrieval_at_1(x, pred, chunk=chunk, device=CPU, max_elements=max_elements) == expected
+    # on such data the float32 form alone gets them wrong (so the test can fail)
+    xf = torch.from_numpy(x)
+    naive = torch.cdist(xf, xf, compute_mode="use_mm_for_euclid_dist").fill_diagonal_(float("inf"))
+    assert not np.array_equal(torch.sort(naive, dim=1, stable=True).indices[:, :6].numpy(), _brute_knn(x, 6))
+
+
 def test_tiles_are_bounded_and_no_n_by_n_matrix_is_held(monkeypatch):
     rng = np.random.default_rng(12)
     n = 600
