@@ -249,3 +249,20 @@ def test_embed_cli_with_timm_layers(runner, tmp_path):
     res = runner.invoke(app, ["embed", "--encoder", "timm:resnet10t@random", "--pooling", "cls", "-o",
                               str(tmp_path / "c.safetensors")])
     assert res.exit_code == 1 and "CLS" in res.stderr and not (tmp_path / "c.safetensors").exists()
+
+
+def test_timm_runs_at_the_requested_image_size():
+    """--image-size reaches timm: a CNN runs at N x N (its feature map shrinks with it) and a ViT gets a
+    new patch grid (set_input_size resamples the position embeddings); a size a network cannot take is
+    a one-line error naming the encoder."""
+    x = gray(2)  # (2, 1, 28, 28)
+    cnn = create_encoder("timm:resnet10t@random", EncoderOptions(pooling="tokens", device="cpu", image_size=64))
+    assert (cnn.height, cnn.width) == (64, 64) and cnn.describe()["config"]["data_config"]["input_size"][1:] == [64, 64]
+    assert cnn.embed_batch(x).shape == (2, 2 * 2 * 512)  # 64 px / stride 32 = a 2 x 2 map
+    vit = create_encoder("timm:vit_tiny_patch16_224@random", EncoderOptions(pooling="tokens", device="cpu",
+                                                                            image_size=64))
+    assert vit.embed_batch(x).shape == (2, (1 + 4 * 4) * 192)  # 64 px / patch 16: CLS + 16 tokens of 192
+    default = create_encoder("timm:vit_tiny_patch16_224@random", EncoderOptions(pooling="tokens", device="cpu"))
+    assert default.embed_batch(x).shape == (2, (1 + 14 * 14) * 192)  # without it: the model's own 224 px
+    with pytest.raises(SjalignError, match=r"timm:vit_tiny_patch16_224@random: cannot run at --image-size 8"):
+        create_encoder("timm:vit_tiny_patch16_224@random", EncoderOptions(device="cpu", image_size=8))  # < one patch

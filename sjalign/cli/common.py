@@ -48,7 +48,8 @@ ClassesOpt = Annotated[str | None, typer.Option(
 ImageSizeOpt = Annotated[int | None, typer.Option(
     "--image-size", help="Resize every image to N x N (shorter side to N, centre crop). [default: the dataset's "
                          "native size (Fashion-MNIST 28, smallNORB 96); 96 for image folders and manifests; "
-                         "embed with jepa:RUN: the run's size]")]
+                         "embed with jepa:RUN: the run's size]. timm encoders then run at N x N too (without it: the model's "
+                         "own size, e.g. 224)")]
 NumWorkersOpt = Annotated[int, typer.Option(
     "--num-workers", help="DataLoader worker processes reading images (0 = read in the main process).")]
 

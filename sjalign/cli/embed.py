@@ -125,7 +125,8 @@ def embed_command(
     check_output(output, force, inputs=_input_paths(encoder, dataset, data_dir))
     subset = Subset(split, parse_classes(classes), max_states)
     kind = dataset_kind(dataset)
-    enc = create_encoder(encoder, EncoderOptions(pooling=pooling, layer=layer_opt, device=device, dtype=dtype))
+    enc = create_encoder(encoder, EncoderOptions(pooling=pooling, layer=layer_opt, device=device, dtype=dtype,
+                                                 image_size=image_size))
     if layer_opt == "all" and not hasattr(enc, "embed_batch_layers"):
         raise SjalignError(f"encoder {encoder} does not support --layer all")
     modality = "text" if kind == "text" else "image"

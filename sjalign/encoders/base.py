@@ -33,12 +33,16 @@ class EncoderOptions:
             encoders with ``embed_batch_layers``).
         device: ``auto`` | ``cpu`` | ``cuda``...
         dtype: ``fp32`` | ``bf16`` (autocast on CUDA).
+        image_size: side in pixels at which an encoder with a configurable input runs (timm: CNNs
+            at any size, ViTs through ``set_input_size``, which resamples the position embeddings);
+            None = the model's own input size (e.g. 224).
     """
 
     pooling: str = "mean"
     layer: int | str | None = None
     device: str = "auto"
     dtype: str = "fp32"
+    image_size: int | None = None
 
 
 @runtime_checkable

@@ -216,6 +216,15 @@ class TimmEncoder:
         cfg = timm.data.resolve_data_config({}, model=model)
         self.data_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
         self.channels, self.height, self.width = (int(v) for v in cfg["input_size"])
+        if options.image_size is not None:  # run at the user's size, not the pretraining one (224)
+            side = int(options.image_size)
+            if hasattr(model, "set_input_size"):  # ViT-like: a new patch grid, position embeddings resampled
+                try:
+                    model.set_input_size(img_size=(side, side))
+                except (AssertionError, ValueError, RuntimeError, TypeError) as exc:
+                    raise SjalignError(f"{self.where}: cannot run at --image-size {side}: {exc}") from None
+            self.height = self.width = side
+            self.data_config["input_size"] = [self.channels, side, side]
         self.interpolation = str(cfg.get("interpolation", "bilinear"))
         self.mean = torch.tensor(cfg["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(cfg["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
@@ -229,7 +238,13 @@ class TimmEncoder:
                 raise SjalignError(f"{self.where}: --layer {layer} out of range (1..{self.n_layers}, or all)")
         with torch.no_grad():  # one dummy image: the real output width, and an early failure if any
             probe = torch.zeros(1, self.channels, self.height, self.width)
-            self.num_features = int(self.embed_batch(probe).shape[1])
+            try:
+                self.num_features = int(self.embed_batch(probe).shape[1])
+            except RuntimeError as exc:  # e.g. an image too small for the network's strides
+                if options.image_size is None:
+                    raise
+                raise SjalignError(f"{self.where}: cannot run at --image-size {options.image_size}: "
+                                   f"{str(exc).splitlines()[0]}") from None
 
     @classmethod
     def from_spec(cls, arg: str, options: EncoderOptions) -> "TimmEncoder":
