@@ -225,7 +225,8 @@ def validate_latents(lat: Latents) -> Latents:
 
 
 def load_latents(path: str | os.PathLike) -> Latents:
-    """Read and validate a whole latents file (SPEC §2, ``sjalign.format = latents/1``).
+    """Read and validate a whole latents file (SPEC §2, ``sjalign.format = latents/1``), or the
+    latent set of a shard index (``NAME.safetensors.index.json``, :mod:`sjalign.shards`).
 
     The file meets the same contract as every lazily opened one
     (:func:`sjalign.lazy_io.open_latents`: dtypes, ids, split, shapes); float16, bfloat16 and
@@ -239,7 +240,10 @@ def load_latents(path: str | os.PathLike) -> Latents:
     from safetensors import safe_open
 
     from sjalign.lazy_io import open_latents
+    from sjalign.shards import is_index, load_index
 
+    if is_index(path):  # shards written by several embed processes: one latent set
+        return load_index(path)
     lazy = open_latents(path)
     keys = ("latents", *(f"layer.{name}" for name in lazy.layer_names))
     with safe_open(str(lazy.path), framework="pt") as f:

@@ -408,15 +408,18 @@ class LatentsSet:
 
 
 def open_latents_set(paths: Sequence[str | os.PathLike]) -> LatentsSet:
-    """Open one or more latents files as the shards of one latent set (lazily).
+    """Open one or more latents files (or shard indexes, :mod:`sjalign.shards`) as the shards of
+    one latent set (lazily).
 
     Raises:
         FileFormatError / ShapeError / SjalignError: a shard that is not a latents file (named),
             shards of different dimension or dtype, or shards whose state ids overlap (both named).
     """
+    from sjalign.shards import expand_index_paths
+
     if not paths:
         raise SjalignError("no latents files given")
-    shards = [open_latents(p) for p in paths]
+    shards = [open_latents(p) for p in expand_index_paths(list(paths))]  # an index stands for its shards
     first = shards[0]
     for s in shards[1:]:
         if s.dim != first.dim:

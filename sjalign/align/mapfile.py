@@ -108,9 +108,18 @@ def _recorded(meta: Mapping[str, str]) -> tuple[frozenset[str], frozenset[str], 
         return None
 
 
+def _files(paths) -> list:
+    """Paths with each shard index replaced by its shard files (unverified: identities only)."""
+    from sjalign.shards import is_index, read_index
+
+    return [f for p in paths for f in (read_index(p, verify=False) if is_index(p) else [p])]
+
+
 def _identity(path, kind: str) -> str:
+    """A file's identity as the map recorded it; for a shard index, its first shard's."""
     from sjalign.lazy_io import fingerprint
 
+    path = _files([path])[0]
     return fingerprint(path) if kind == "fingerprint" else sha256_file(path)
 
 
@@ -181,7 +190,7 @@ def check_pair(meta: Mapping[str, str], map_path, sides: Mapping[str, Sequence[s
     problems = []
     for side, paths in sides.items():
         known = recorded[side]
-        for p in paths:
+        for p in _files(paths):
             h = fingerprint(p)
             if h not in known:
                 theirs = ", ".join(k[:12] for k in known) or "none"

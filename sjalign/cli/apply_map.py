@@ -38,11 +38,12 @@ def apply_map_command(
 
     from sjalign.align import check_encoder, check_source, load_map
     from sjalign.cli.common import parse_latents_list
+    from sjalign.shards import expand_index_paths
     from sjalign.errors import ShapeError, SjalignError
     from sjalign.io import check_output, provenance
     from sjalign.lazy_io import open_latents_set, quick_finite, write_latents_stream
 
-    a_paths = parse_latents_list(a_arg, "A")
+    a_paths = expand_index_paths(parse_latents_list(a_arg, "A"))  # an index: its shards
     check_output(output, force, inputs=[map_path, *a_paths])
     amap, meta = load_map(map_path)
     for p in a_paths:

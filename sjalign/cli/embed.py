@@ -83,6 +83,9 @@ def embed_command(
     device: DeviceOpt = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="fp32 or bf16 (autocast on CUDA).")] = "fp32",
     data_dir: DataDirOpt = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Embed only shard I of N (I from 0; e.g. 0/4) of the selected states into OUT's shard file; the last shard to finish writes OUT.index.json, which every command reads as one latents set. Under torchrun: RANK/WORLD_SIZE.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted embed of the same command: keep its saved parts, embed only the rest.")] = False,
+    part_rows: Annotated[int, typer.Option("--part-rows", help="Rows per saved part (what --resume keeps); rounded up to a multiple of --batch-size.")] = 8192,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -97,6 +100,10 @@ def embed_command(
       sjalign embed --encoder jepa:runs/az0 --dataset smallnorb --data-dir norb/ --view azimuth=0 -o az0.safetensors
 
       sjalign embed --encoder pixels --dataset photos/ --view aug-b --image-size 64 --num-workers 2 -o b.safetensors
+
+      torchrun --nproc-per-node 4 -m sjalign embed --encoder jepa:runs/top -o top.safetensors   # -> top.safetensors.index.json
+
+      sjalign embed --encoder jepa:runs/top --shard 2/4 -o top.safetensors --resume   # a scheduler's task 2 of 4
     """
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -108,7 +115,9 @@ def embed_command(
     from sjalign.encoders import EncoderOptions, create_encoder
     from sjalign.encoders.base import POOLINGS
     from sjalign.errors import SjalignError
-    from sjalign.io import Latents, check_output, provenance, save_latents
+    from sjalign.io import Latents, check_output, load_latents, provenance, save_latents
+    from sjalign.shards import (ShardLock, embed_in_parts, other_shard_counts, parse_shard, remove_parts, shard_path,
+                                shard_rows, torchrun_shard, write_index_if_complete)
     from sjalign.jepa.config import PretrainConfig
 
     if batch_size < 1:
@@ -122,7 +131,18 @@ def embed_command(
     check_device(device)
     check_image_size(image_size)
     check_data_dir(data_dir)
-    check_output(output, force, inputs=_input_paths(encoder, dataset, data_dir))
+    if part_rows < 1:
+        raise SjalignError(f"--part-rows must be at least 1, got {part_rows}")
+    which = parse_shard(shard) if shard is not None else torchrun_shard()
+    target = shard_path(output, *which) if which else output
+    if resume and which:
+        others = other_shard_counts(output, which[1])
+        if others:
+            raise SjalignError(f"{others[0][0]}: written as one of {others[0][1]} shards, but this run has "
+                               f"{which[1]}; resume with the same number of shards")
+    done_before = resume and target.is_file()  # this shard finished before the interruption
+    if not done_before:
+        check_output(target, force, inputs=_input_paths(encoder, dataset, data_dir))
     subset = Subset(split, parse_classes(classes), max_states)
     kind = dataset_kind(dataset)
     enc = create_encoder(encoder, EncoderOptions(pooling=pooling, layer=layer_opt, device=device, dtype=dtype,
@@ -150,27 +170,12 @@ def embed_command(
                                "(match --image-size to the run, or pretrain on this data)")
     config = EmbedConfig(encoder, dataset, view_desc, split, max_states, batch_size, pooling, layer, device, dtype,
                          classes, size, num_workers, view_seed)
-    start = time.perf_counter()
-    with Progress(TextColumn(f"embed {encoder}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True, disable=json_out) as progress:
-        task = progress.add_task("embed", total=n)
-
-        def on_batch(done: int) -> None:
-            progress.update(task, completed=done)
-
-        if kind == "text":
-            z = embed_observations(enc, items, batch_size=batch_size, all_layers=layer_opt == "all", on_batch=on_batch)
-        else:
-            z = embed_dataset(enc, ds, batch_size=batch_size, num_workers=num_workers,
-                              all_layers=layer_opt == "all", on_batch=on_batch)
-    seconds = time.perf_counter() - start
-    layers = None
-    if layer_opt == "all":
-        z, per_layer = z
-        layers = {str(i + 1): arr for i, arr in enumerate(per_layer)}
+    lo, hi = shard_rows(n, *which) if which else (0, n)
+    if lo == hi:
+        raise SjalignError(f"--shard {which[0]}/{which[1]}: no states fall in this shard ({n} selected); "
+                           "use fewer shards")
+    split_all = None if is_test is None else is_test.astype(np.uint8)
     desc = enc.describe()
-    split_t = None if is_test is None else is_test.astype(np.uint8)
-    lat = Latents(z, state_ids, labels, split_t, layers=layers)
     meta = provenance("embed", dataclasses.asdict(config))
     meta.update({"encoder": encoder, "dataset": dataset, "view": view_desc, "layer": str(desc.get("layer", "final")),
                  "pooling": str(desc.get("pooling", pooling)),
@@ -178,15 +183,82 @@ def embed_command(
                  "subset": json.dumps(subset.to_dict())})
     if shape is not None:
         meta["image_shape"] = json.dumps(list(shape))
-    if layers:
-        meta["layers"] = json.dumps(list(layers))
-    save_latents(output, lat, meta, force=force)
-    result = {"output": str(output), "n": int(z.shape[0]), "d": int(z.shape[1]), "encoder": encoder,
+    if which:
+        meta.update({"sjalign.shard": f"{which[0]}/{which[1]}", "sjalign.shard_count": str(which[1]),
+                     "sjalign.shard_rows": f"{lo}:{hi}", "sjalign.selection_n": str(n)})
+
+    def rows_latents(a: int, b: int, z: np.ndarray, layers: dict | None) -> Latents:
+        return Latents(z, state_ids[a:b], None if labels is None else labels[a:b],
+                       None if split_all is None else split_all[a:b], layers=layers)
+
+    def embed_range(a: int, b: int) -> Latents:  # rows [a, b) of the selection
+        def on_batch(done: int) -> None:
+            progress.update(task, completed=a - lo + done)
+
+        if kind == "text":
+            z = embed_observations(enc, items[a:b], batch_size=batch_size, all_layers=layer_opt == "all",
+                                   on_batch=on_batch)
+        else:
+            z = embed_dataset(enc, ds.subset(np.arange(a, b)), batch_size=batch_size, num_workers=num_workers,
+                              all_layers=layer_opt == "all", on_batch=on_batch)
+        layers = None
+        if layer_opt == "all":
+            z, per_layer = z
+            layers = {str(i + 1): arr for i, arr in enumerate(per_layer)}
+        return rows_latents(a, b, z, layers)
+
+    def load_part(path: Path) -> Latents:
+        part = load_latents(path)
+        a = lo + int(path.stem.split("-")[1]) * step
+        if not np.array_equal(part.state_ids, state_ids[a:a + len(part.state_ids)]):
+            raise SjalignError(f"{path}: its states are not this embed's rows {a}..; rerun with --force")
+        return part
+
+    step = -(-part_rows // batch_size) * batch_size  # whole batches: a resumed run forms the same batches
+    parts_dir = target.with_name(target.name + ".parts")
+    job = {**{k: v for k, v in dataclasses.asdict(config).items() if k != "num_workers"},
+           "rows": [lo, hi], "part_rows": step, "n": n,
+           "shard": list(which) if which else None}
+    start = time.perf_counter()
+    kept = 0
+    if not done_before:
+        lock = ShardLock(target.with_name(target.name + ".lock")).acquire()
+        try:
+            if force:
+                remove_parts(parts_dir)
+            with Progress(TextColumn(f"embed {encoder}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=console, transient=True, disable=json_out) as progress:
+                task = progress.add_task("embed", total=hi - lo)
+                parts, kept = embed_in_parts(embed_range, lo, hi, part_rows=step, parts_dir=parts_dir, job=job,
+                                       resume=resume, save_part=lambda path, part: save_latents(path, part, meta),
+                                       load_part=load_part,
+                                       on_rows=lambda rows: progress.update(task, completed=rows))
+            first = parts[0]
+            lat = rows_latents(lo, hi, np.concatenate([p.latents for p in parts]),
+                               {k: np.concatenate([p.layers[k] for p in parts]) for k in first.layers}
+                               if first.layers else None)
+            if lat.layers:
+                meta["layers"] = json.dumps(list(lat.layers))
+            save_latents(target, lat, meta, force=force)
+            remove_parts(parts_dir)
+        finally:
+            lock.release()
+    seconds = time.perf_counter() - start
+    index = write_index_if_complete(output, which[1]) if which else None
+    z = load_latents(target).latents if done_before else lat.latents
+    output_written = target
+    embedded = 0 if done_before else hi - lo - min(kept * step, hi - lo)
+    result = {"output": str(output_written), "n": int(z.shape[0]), "d": int(z.shape[1]), "encoder": encoder,
               "dataset": dataset, "view": view_desc, "subset": subset.to_dict(),
               "image_shape": None if shape is None else list(shape), "seconds": seconds,
-              "items_per_s": len(z) / max(seconds, 1e-9)}
+              "items_per_s": embedded / max(seconds, 1e-9), "embedded": embedded,
+              "shard": list(which) if which else None, "index": None if index is None else str(index)}
     if json_out:
         emit_json(result)
     else:
-        console.print(f"wrote {output}: {result['n']} latents of dimension {result['d']} from {encoder} on "
-                      f"{dataset} view {view_desc} ({result['items_per_s']:.0f} items/s)")
+        what = "already complete" if done_before else f"{result['n']} latents of dimension {result['d']}"
+        console.print(f"wrote {output_written}: {what} from {encoder} on {dataset} view {view_desc}"
+                      + (f" ({result['items_per_s']:.0f} items/s)" if embedded else "")
+                      + (f"; all {which[1]} shards done: {index}" if index else
+                         (f"; shard {which[0]} of {which[1]} (the index is written when all are done)" if which
+                          else "")))

@@ -116,6 +116,7 @@ def fit_map_command(
     from sjalign.align.mapfile import ENCODER_KEYS
     from sjalign.align.streaming import PRECISIONS, fit_map_streaming, pair_rows
     from sjalign.cli.common import check_choice, check_fraction, parse_latents_list
+    from sjalign.shards import expand_index_paths
     from sjalign.errors import SjalignError
     from sjalign.io import check_output, hash_files_in_background, provenance
     from sjalign.lazy_io import open_latents_set
@@ -127,6 +128,7 @@ def fit_map_command(
     check_fraction("--test-fraction", test_fraction)
     lam_value = resolve_lambda(method, lam)
     a_paths, b_paths = parse_latents_list(a_arg, "A"), parse_latents_list(b_arg, "B")
+    a_paths, b_paths = expand_index_paths(a_paths), expand_index_paths(b_paths)  # an index: its shards
     check_output(output, force, inputs=[*a_paths, *b_paths])
     a_set, b_set = open_latents_set(a_paths), open_latents_set(b_paths)
     hashes = hash_files_in_background([*a_paths, *b_paths])
