@@ -254,6 +254,31 @@ def load_latents(path: str | os.PathLike) -> Latents:
     return validate_latents(lat)
 
 
+def concat_latents(parts: Sequence[Latents], *, metadata: Mapping[str, str] | None = None,
+                   path: str | os.PathLike | None = None) -> Latents:
+    """Rows of several latents (shards, parts) stacked in order into one, validated.
+
+    Labels and split are kept when every part has them; layers must match by name.
+
+    Raises:
+        ShapeError: parts of different width or layers.  SjalignError: repeated state ids.
+    """
+    first = parts[0]
+    for p in parts[1:]:
+        if p.dim != first.dim or sorted(p.layers or {}) != sorted(first.layers or {}):
+            raise ShapeError(f"{first.name} and {p.name}: parts of one latent set differ in width or layers")
+
+    def stacked(key: str) -> np.ndarray | None:
+        arrays = [getattr(p, key) for p in parts]
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+    return validate_latents(Latents(
+        latents=np.concatenate([p.latents for p in parts]), state_ids=stacked("state_ids"), labels=stacked("labels"),
+        split=stacked("split"), metadata=dict(first.metadata if metadata is None else metadata),
+        path=None if path is None else Path(path),
+        layers={k: np.concatenate([p.layers[k] for p in parts]) for k in first.layers} if first.layers else None))
+
+
 def save_latents(path: str | os.PathLike, lat: Latents, metadata: Mapping[str, str], *, force: bool = False) -> Path:
     """Validate and atomically write a latents file; ``metadata`` adds to ``lat.metadata``."""
     validate_latents(lat)

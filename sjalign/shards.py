@@ -199,22 +199,14 @@ def load_index(path: str | os.PathLike):
         SjalignError: as :func:`read_index`, or shards that disagree in width, layers or
             state ids (overlap).
     """
-    from sjalign.io import Latents, load_latents, validate_latents
+    from sjalign.io import concat_latents, load_latents
 
     parts = [load_latents(p) for p in read_index(path)]
-    first = parts[0]
-    for p in parts[1:]:
-        if p.dim != first.dim or sorted(p.layers or {}) != sorted(first.layers or {}):
-            raise SjalignError(f"{path}: shards {first.name} and {p.name} differ in width or layers")
-    lat = Latents(latents=np.concatenate([p.latents for p in parts]),
-                  state_ids=np.concatenate([p.state_ids for p in parts]),
-                  labels=None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts]),
-                  split=None if any(p.split is None for p in parts) else np.concatenate([p.split for p in parts]),
-                  metadata={k: v for k, v in first.metadata.items() if not k.startswith("sjalign.shard")},
-                  path=Path(path),
-                  layers={k: np.concatenate([p.layers[k] for p in parts]) for k in first.layers} if first.layers
-                  else None)
-    return validate_latents(lat)
+    meta = {k: v for k, v in parts[0].metadata.items() if not k.startswith("sjalign.shard")}
+    try:
+        return concat_latents(parts, metadata=meta, path=path)
+    except SjalignError as exc:  # ShapeError too: name the index first
+        raise type(exc)(f"{path}: {exc}") from None
 
 
 # ---------------------------------------------------------------- one process's claim on a shard

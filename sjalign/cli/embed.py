@@ -115,7 +115,8 @@ def embed_command(
     from sjalign.encoders import EncoderOptions, create_encoder
     from sjalign.encoders.base import POOLINGS
     from sjalign.errors import SjalignError
-    from sjalign.io import Latents, check_output, load_latents, provenance, save_latents
+    from sjalign.io import Latents, check_output, concat_latents, load_latents, provenance, save_latents
+    from sjalign.lazy_io import open_latents
     from sjalign.shards import (ShardLock, embed_in_parts, other_shard_counts, parse_shard, remove_parts, shard_path,
                                 shard_rows, torchrun_shard, write_index_if_complete)
     from sjalign.jepa.config import PretrainConfig
@@ -187,10 +188,6 @@ def embed_command(
         meta.update({"sjalign.shard": f"{which[0]}/{which[1]}", "sjalign.shard_count": str(which[1]),
                      "sjalign.shard_rows": f"{lo}:{hi}", "sjalign.selection_n": str(n)})
 
-    def rows_latents(a: int, b: int, z: np.ndarray, layers: dict | None) -> Latents:
-        return Latents(z, state_ids[a:b], None if labels is None else labels[a:b],
-                       None if split_all is None else split_all[a:b], layers=layers)
-
     def embed_range(a: int, b: int) -> Latents:  # rows [a, b) of the selection
         def on_batch(done: int) -> None:
             progress.update(task, completed=a - lo + done)
@@ -205,7 +202,8 @@ def embed_command(
         if layer_opt == "all":
             z, per_layer = z
             layers = {str(i + 1): arr for i, arr in enumerate(per_layer)}
-        return rows_latents(a, b, z, layers)
+        return Latents(z, state_ids[a:b], None if labels is None else labels[a:b],
+                       None if split_all is None else split_all[a:b], layers=layers)
 
     def load_part(path: Path) -> Latents:
         part = load_latents(path)
@@ -229,14 +227,11 @@ def embed_command(
             with Progress(TextColumn(f"embed {encoder}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                           console=console, transient=True, disable=json_out) as progress:
                 task = progress.add_task("embed", total=hi - lo)
-                parts, kept = embed_in_parts(embed_range, lo, hi, part_rows=step, parts_dir=parts_dir, job=job,
-                                       resume=resume, save_part=lambda path, part: save_latents(path, part, meta),
-                                       load_part=load_part,
-                                       on_rows=lambda rows: progress.update(task, completed=rows))
-            first = parts[0]
-            lat = rows_latents(lo, hi, np.concatenate([p.latents for p in parts]),
-                               {k: np.concatenate([p.layers[k] for p in parts]) for k in first.layers}
-                               if first.layers else None)
+                parts, kept = embed_in_parts(
+                    embed_range, lo, hi, part_rows=step, parts_dir=parts_dir, job=job, resume=resume,
+                    save_part=lambda path, part: save_latents(path, part, meta), load_part=load_part,
+                    on_rows=lambda rows: progress.update(task, completed=rows))
+            lat = concat_latents(parts, metadata={})
             if lat.layers:
                 meta["layers"] = json.dumps(list(lat.layers))
             save_latents(target, lat, meta, force=force)
@@ -245,10 +240,9 @@ def embed_command(
             lock.release()
     seconds = time.perf_counter() - start
     index = write_index_if_complete(output, which[1]) if which else None
-    z = load_latents(target).latents if done_before else lat.latents
-    output_written = target
+    n_rows, dim = (open_latents(target).n, open_latents(target).dim) if done_before else lat.latents.shape
     embedded = 0 if done_before else hi - lo - min(kept * step, hi - lo)
-    result = {"output": str(output_written), "n": int(z.shape[0]), "d": int(z.shape[1]), "encoder": encoder,
+    result = {"output": str(target), "n": int(n_rows), "d": int(dim), "encoder": encoder,
               "dataset": dataset, "view": view_desc, "subset": subset.to_dict(),
               "image_shape": None if shape is None else list(shape), "seconds": seconds,
               "items_per_s": embedded / max(seconds, 1e-9), "embedded": embedded,
@@ -257,7 +251,7 @@ def embed_command(
         emit_json(result)
     else:
         what = "already complete" if done_before else f"{result['n']} latents of dimension {result['d']}"
-        console.print(f"wrote {output_written}: {what} from {encoder} on {dataset} view {view_desc}"
+        console.print(f"wrote {target}: {what} from {encoder} on {dataset} view {view_desc}"
                       + (f" ({result['items_per_s']:.0f} items/s)" if embedded else "")
                       + (f"; all {which[1]} shards done: {index}" if index else
                          (f"; shard {which[0]} of {which[1]} (the index is written when all are done)" if which
