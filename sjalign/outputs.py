@@ -156,6 +156,9 @@ def check_output(path: str | os.PathLike, force: bool, *, inputs: Iterable[str |
             ``force``, or a missing or read-only folder.
     """
     text = os.fspath(path)
+    if text == "-":
+        raise SjalignError("-o -: this output is a binary file (safetensors), which does not go to stdout; give "
+                           "a file name (--json prints the summary on stdout)")
     names_folder = getattr(path, "names_folder", False)  # the CLI's parser keeps the trailing separator
     path = Path(path)
     if names_folder or text.endswith(os.sep) or path.name in ("", ".", ".."):
@@ -262,7 +265,7 @@ def atomic_file(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Bi
     sweep_stale(path.parent)
     tmp = path.parent / temp_name(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644 & ~_umask())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask, as open() does
     except OSError as exc:
         raise io_error(path, exc) from None
     try:

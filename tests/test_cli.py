@@ -162,7 +162,8 @@ def test_single_sided_file_split_falls_back_to_seeded_split(runner, tmp_path):
     res = run(runner, "fit-map", a, b, "-o", tmp_path / "m.safetensors", "--json")
     assert res.exit_code == 0, res.stderr
     fit = json.loads(res.stdout)
-    assert fit["n_test"] == 20 and "seeded" in fit["split"]
+    assert fit["n_test"] == 20 and fit["split"]["kind"] == "seeded"  # as evaluate --json gives it
+    assert any("'split' tensors mark all" in w for w in fit["warnings"])
 
 
 def test_evaluate_sweeps_json(runner, planted):

@@ -6,6 +6,7 @@ import typer
 
 from sjalign import __version__
 from sjalign.cli.apply_map import apply_map_command
+from sjalign.cli.common import set_quiet
 from sjalign.cli.compare import compare_command
 from sjalign.cli.convert import convert_command
 from sjalign.cli.embed import embed_command
@@ -46,8 +47,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+                                       help="Print the version and exit."),
+          quiet: bool = typer.Option(False, "--quiet", "-q",
+                                     help="No progress bars or notes on stderr (warnings and errors stay): "
+                                          "sjalign -q COMMAND ...")) -> None:
     """sjalign: latent-space alignment for any encoders."""
+    set_quiet(quiet)
 
 
 def main() -> None:

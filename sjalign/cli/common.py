@@ -17,7 +17,53 @@ from rich.console import Console
 
 from sjalign.errors import SjalignError
 
-console = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)
+console = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)  # progress and notes (-q hushes)
+class _PipedConsole(Console):
+    """stdout: a reader that closed the pipe (``| head``) ends the command quietly with exit 0
+    (rich's default is exit 1)."""
+
+    def on_broken_pipe(self) -> None:
+        _silence_stdout()
+        raise SystemExit(0)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not complain of the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+stdout_console = _PipedConsole(soft_wrap=True, highlight=False, emoji=False)  # listings: what a user pipes on
+_alerts = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)  # errors and warnings, even with -q
+
+
+def set_quiet(quiet: bool) -> None:
+    """``-q``: no progress bars or notes on stderr; warnings, errors and stdout are unchanged."""
+    console.quiet = quiet
+
+
+def is_stdout(path: Path | str | None) -> bool:
+    """``-o -``: the output goes to stdout."""
+    return path is not None and str(path) == "-"
+
+
+def protect_examples(doc: str | None) -> str | None:
+    """Mark each paragraph after ``Examples:`` as not to be re-wrapped (click's ``\\b``), so a
+    command line in the help is never broken inside a word such as ``--max-states``."""
+    if not doc or "Examples:" not in doc:
+        return doc
+    head, _, tail = doc.partition("Examples:")
+    base = len(head) - len(head.rstrip(" "))  # the indent of the "Examples:" line
+    paragraphs = tail.split("\n\n")
+    marked = []
+    for para in paragraphs:
+        body = para.lstrip("\n")
+        indent_of = len(body) - len(body.lstrip(" "))
+        if body.strip() and indent_of > base and not body.lstrip().startswith("\b"):  # an example, not prose
+            indent = body[: len(body) - len(body.lstrip())]
+            para = para[: len(para) - len(body)] + f"{indent}\b\n" + body
+        marked.append(para)
+    return head + "Examples:" + "\n\n".join(marked)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (and nothing else there).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
@@ -60,7 +106,7 @@ def debug() -> bool:
 
 def error_line(message: str) -> None:
     """One red line on stderr."""
-    console.print(f"[bold red]error:[/] {escape(message)}")
+    _alerts.print(f"[bold red]error:[/] {escape(message)}")
 
 
 def escape(text: str) -> str:
@@ -70,7 +116,7 @@ def escape(text: str) -> str:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    console.print(f"[yellow]warning:[/] {escape(str(message))}")
+    _alerts.print(f"[yellow]warning:[/] {escape(str(message))}")
 
 
 def cli_command(fn: Callable) -> Callable:
@@ -85,6 +131,9 @@ def cli_command(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:  # `sjalign ... | head`: the reader has what it wanted; not an error
+            _silence_stdout()
+            raise typer.Exit(0) from None
         except Terminated:
             error_line("terminated (SIGTERM); nothing half-written was left behind")
             raise typer.Exit(143) from None
@@ -107,6 +156,7 @@ def cli_command(fn: Callable) -> Callable:
             for signum, handler in old_handlers.items():
                 signal.signal(signum, handler)
 
+    wrapper.__doc__ = protect_examples(fn.__doc__)
     return wrapper
 
 

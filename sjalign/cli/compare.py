@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sjalign.cli.common import ForceOpt, JsonOpt, SeedOpt, cli_command, console, emit_json, output_path
+from sjalign.cli.common import ForceOpt, JsonOpt, SeedOpt, cli_command, console, emit_json, is_stdout, output_path
 
 
 @cli_command
@@ -18,8 +19,8 @@ def compare_command(
     knn_metric: Annotated[str, typer.Option("--knn-metric", help="cosine or euclidean, for mutual kNN.")] = "cosine",
     test_fraction: Annotated[float, typer.Option("--test-fraction", help="Held-out fraction of states, in (0, 1), when the files carry no split.")] = 0.2,
     lam: Annotated[float, typer.Option("--lambda", help="Ridge λ of the maps, per sample, in standardised units (scikit-learn's alpha = λ·n_train).")] = 1e-3,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the result as JSON.", parser=output_path)] = None,
-    csv: Annotated[Path | None, typer.Option("--csv", help="Write the matrices as CSV (metric,a,b,value).", parser=output_path)] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the result as JSON ('-' = stdout).", parser=output_path)] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Write the matrices as CSV (metric,a,b,value; '-' = stdout).", parser=output_path)] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write a folder: a heatmap PNG per measure, index.html (self-contained), compare.json and compare.csv.", parser=output_path)] = None,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
@@ -53,10 +54,14 @@ def compare_command(
         raise SjalignError(f"--lambda must be a finite number > 0, got {lam}")
     if len(files) < 2:
         raise SjalignError("compare needs at least two latents files")
-    if output is not None and csv is not None and output.resolve() == csv.resolve():
+    to_stdout = [flag for flag, on in (("-o -", is_stdout(output)), ("--csv -", is_stdout(csv)),
+                                       ("--json", json_out)) if on]
+    if len(to_stdout) > 1:
+        raise SjalignError(f"{' and '.join(to_stdout)} would both write to stdout; keep one")
+    if output is not None and csv is not None and not to_stdout and output.resolve() == csv.resolve():
         raise SjalignError(f"-o and --csv name the same file {output}")
     for path in (output, csv):
-        if path is not None:
+        if path is not None and not is_stdout(path):
             check_output(path, force, inputs=files)
             if report is not None and path.resolve().parent == report.resolve():
                 raise SjalignError(f"{path}: lies inside --report {report}, which is replaced whole; write it elsewhere")
@@ -76,10 +81,15 @@ def compare_command(
                              test_fraction=test_fraction, seed=seed, lam=lam, progress=progress)
     result["encoders"] = [lat.metadata.get("encoder", "?") for lat in latents]
     result["dims"] = [int(lat.dim) for lat in latents]
-    if output is not None:
-        atomic_write_bytes(output, (json.dumps(result, indent=1) + "\n").encode(), replace=force)
-    if csv is not None:
-        atomic_write_bytes(csv, to_csv(result).encode(), replace=force)
+    for path, text in ((output, json.dumps(result, indent=1) + "\n"), (csv, None)):
+        if path is None:
+            continue
+        text = to_csv(result) if text is None else text
+        if is_stdout(path):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            atomic_write_bytes(path, text.encode(), replace=force)
     if report is not None:
         from sjalign.outputs import publish_folder
         from sjalign.report.compare_page import COMPARE_KIND, compare_report_files

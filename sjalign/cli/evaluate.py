@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from sjalign.cli.common import (
-    DeviceOpt, ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, console, emit_json, output_path, parse_ks,
+    DeviceOpt, ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, console, emit_json, is_stdout, output_path, parse_ks,
     parse_latents_list, to_json,
 )
 from sjalign.cli.fit_map import LambdaOpt, MethodOpt, TestFracOpt, resolve_lambda
@@ -251,7 +251,7 @@ def evaluate_command(
     pair_noise: Annotated[str | None, typer.Option("--pair-noise", help="Sweep: refit with this fraction of train pairs mismatched (e.g. 0,0.1,0.3).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write PNG pictures and a self-contained index.html into this new folder.")] = None,
     device: DeviceOpt = "auto",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON result to this file.", parser=output_path)] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON result to this file ('-' = stdout).", parser=output_path)] = None,
     strict: StrictOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -304,9 +304,12 @@ def evaluate_command(
     if control_a is not None:
         c_paths = (parse_latents_list(control_a, "--control-a"), parse_latents_list(control_b, "--control-b"))
     inputs = [*a_paths, *b_paths, *(c_paths[0] + c_paths[1] if c_paths else ()), *([map_path] if map_path else ())]
-    if report is not None and output is not None and output.resolve().parent == report.resolve():
+    if is_stdout(output) and json_out:
+        raise SjalignError("-o - and --json would both write the result to stdout; keep one")
+    if report is not None and output is not None and not is_stdout(output) \
+            and output.resolve().parent == report.resolve():
         raise SjalignError(f"{output}: lies inside --report {report}, which is replaced whole; write it elsewhere")
-    if output is not None:
+    if output is not None and not is_stdout(output):
         check_output(output, force, inputs=inputs)
     if report is not None:
         from sjalign.report import check_report_dir
@@ -366,7 +369,9 @@ def evaluate_command(
             result["layer_cka"] = layers
         clean = json.loads(to_json(result))
         write_report(report, clean, first, budget_curves=curves, layer_cka=layers, force=force, seed=split_seeds[0])
-    if output is not None:
+    if is_stdout(output):
+        emit_json(result)
+    elif output is not None:
         atomic_write_bytes(output, (to_json(result) + "\n").encode())
     if json_out:
         emit_json(result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -81,6 +82,46 @@ def _progress(total: int, enabled: bool):
     return bar, lambda done: bar.update(task, completed=done)
 
 
+def _fit(a_paths, b_paths, method: str, lam: float, test_fraction: float, seed: int, chunk_rows: int,
+         precision: str, quiet: bool):
+    """Open both sides, pair them by state id, split, and fit the map in one streamed pass.
+
+    Returns (map, split, n_train, A set, B set, background hashes); problems are warnings
+    (collected by the caller) or SjalignError naming the files."""
+    from sjalign.align.streaming import fit_map_streaming, pair_rows
+    from sjalign.errors import SjalignError
+    from sjalign.io import hash_files_in_background
+    from sjalign.lazy_io import open_latents_set
+    from sjalign.protocol import choose_split
+
+    a_set, b_set = open_latents_set(a_paths), open_latents_set(b_paths)
+    hashes = hash_files_in_background([*a_paths, *b_paths])
+    a_set.check_finite()
+    b_set.check_finite()
+    paired = pair_rows(a_set, b_set)
+    if paired.dropped_a or paired.dropped_b:
+        console.print(f"[yellow]note:[/] paired {len(paired.state_ids)} states by id; dropped "
+                      f"{paired.dropped_a} ids only in {a_set.name} and {paired.dropped_b} only in {b_set.name}")
+    try:
+        split = choose_split(paired.as_pairs(), test_fraction=test_fraction, seed=seed)
+    except SjalignError as exc:
+        raise SjalignError(f"{a_set.name} and {b_set.name}: {exc}") from None
+    n_train = int(split.train.sum())
+    bar, advance = _progress(n_train, not quiet)
+    with bar:
+        amap = fit_map_streaming(a_set, b_set, paired, split.train, method=method, lam=lam, seed=seed,
+                                 chunk=chunk_rows, precision=precision, progress=advance)
+    for lset, idx in ((a_set, amap.info["constant_a"]), (b_set, amap.info["constant_b"])):
+        if len(idx) == lset.dim:
+            raise SjalignError(f"{lset.name}: all {lset.dim} features are constant on the train split (std 0); "
+                               "there is nothing to fit")
+        if idx:
+            shown = ", ".join(map(str, idx[:8])) + (", ..." if len(idx) > 8 else "")
+            warnings.warn(f"{lset.name}: {len(idx)} constant feature(s) on the train split (std 0; dims {shown}) "
+                          "are left at 0 after standardising and carry no signal", stacklevel=1)
+    return amap, split, n_train, a_set, b_set, hashes
+
+
 @cli_command
 def fit_map_command(
     a_arg: Annotated[str, typer.Argument(
@@ -114,14 +155,11 @@ def fit_map_command(
     """
     from sjalign.align import METHODS, fitted_on, save_map
     from sjalign.align.mapfile import ENCODER_KEYS
-    from sjalign.align.streaming import PRECISIONS, fit_map_streaming, pair_rows
+    from sjalign.align.streaming import PRECISIONS
     from sjalign.cli.common import check_choice, check_fraction, parse_latents_list
-    from sjalign.shards import expand_index_paths
-    from sjalign.errors import SjalignError
-    from sjalign.io import check_output, hash_files_in_background, provenance
-    from sjalign.lazy_io import open_latents_set
+    from sjalign.io import check_output, provenance
     from sjalign.metrics import kappa, numerical_rank
-    from sjalign.protocol import choose_split
+    from sjalign.shards import expand_index_paths
 
     check_choice("--method", method, METHODS)
     check_choice("--precision", precision, PRECISIONS)
@@ -130,32 +168,15 @@ def fit_map_command(
     a_paths, b_paths = parse_latents_list(a_arg, "A"), parse_latents_list(b_arg, "B")
     a_paths, b_paths = expand_index_paths(a_paths), expand_index_paths(b_paths)  # an index: its shards
     check_output(output, force, inputs=[*a_paths, *b_paths])
-    a_set, b_set = open_latents_set(a_paths), open_latents_set(b_paths)
-    hashes = hash_files_in_background([*a_paths, *b_paths])
-    a_set.check_finite()
-    b_set.check_finite()
-    paired = pair_rows(a_set, b_set)
-    if paired.dropped_a or paired.dropped_b:
-        console.print(f"[yellow]note:[/] paired {len(paired.state_ids)} states by id; dropped "
-                      f"{paired.dropped_a} ids only in {a_set.name} and {paired.dropped_b} only in {b_set.name}")
-    try:
-        split = choose_split(paired.as_pairs(), test_fraction=test_fraction, seed=seed)
-    except SjalignError as exc:
-        raise SjalignError(f"{a_set.name} and {b_set.name}: {exc}") from None
-    n_train = int(split.train.sum())
-    bar, advance = _progress(n_train, not json_out)
-    with bar:
-        amap = fit_map_streaming(a_set, b_set, paired, split.train, method=method, lam=lam_value, seed=seed,
-                                 chunk=chunk_rows, precision=precision, progress=advance)
-    for side, lset, idx in (("A", a_set, amap.info["constant_a"]), ("B", b_set, amap.info["constant_b"])):
-        if len(idx) == lset.dim:
-            raise SjalignError(f"{lset.name}: all {lset.dim} features are constant on the train split (std 0); "
-                               "there is nothing to fit")
-        if idx:
-            shown = ", ".join(map(str, idx[:8])) + (", ..." if len(idx) > 8 else "")
-            console.print(f"[yellow]warning:[/] {lset.name}: {len(idx)} constant feature(s) on the train split "
-                          f"(std 0; dims {shown}) are left at 0 after standardising and carry no signal")
+    with warnings.catch_warnings(record=True) as caught:  # shown at the end, and listed in --json
+        warnings.simplefilter("always")
+        amap, split, n_train, a_set, b_set, hashes = _fit(a_paths, b_paths, method, lam_value, test_fraction, seed,
+                                                         chunk_rows, precision, json_out)
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    for note in notes:
+        warnings.warn(note, stacklevel=1)
     config = FitMapConfig(method, lam_value, test_fraction, seed, precision, chunk_rows)
+
     meta = provenance("fit-map", dataclasses.asdict(config), {"a": a_paths, "b": b_paths},
                       hashes=hashes.result())
     meta.update({"encoder_a": a_set.metadata.get("encoder", "?"), "encoder_b": b_set.metadata.get("encoder", "?"),
@@ -164,8 +185,8 @@ def fit_map_command(
     save_map(output, amap, meta, force=force)
     result = {"map": str(output), "method": amap.method, "lambda": amap.lam, "n_train": n_train,
               "n_test": int(split.test.sum()), "d_a": amap.d_a, "d_b": amap.d_b, "direction": "a->b",
-              "kappa": kappa(amap.W), "rank": numerical_rank(amap.W), "split": split.how, "shards_a": len(a_paths), "shards_b": len(b_paths),
-              "precision": precision}
+              "kappa": kappa(amap.W), "rank": numerical_rank(amap.W), "split": split.describe(),
+              "shards_a": len(a_paths), "shards_b": len(b_paths), "precision": precision, "warnings": notes}
     if "kappa_caa" in amap.info:
         result["kappa_caa"] = amap.info["kappa_caa"]
     if "requested_method" in amap.info:

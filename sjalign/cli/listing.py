@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sjalign.cli.common import DataDirOpt, JsonOpt, cli_command, console, emit_json, escape
+from sjalign.cli.common import DataDirOpt, JsonOpt, cli_command, emit_json, escape, stdout_console
 
 
 @cli_command
@@ -38,7 +38,7 @@ def datasets_command(
                 value = ", ".join(f"{k}: {v}" for k, v in value.items())
             elif isinstance(value, list):
                 value = ", ".join(str(v) for v in value)
-            console.print(f"[bold]{key}[/]: {escape(str(value))}")
+            stdout_console.print(f"[bold]{key}[/]: {escape(str(value))}")
         return
     result = {"datasets": {name: {"description": text, "views": DATASET_VIEWS[name]} for name, text in DATASETS.items()},
               "views": {v.syntax: v.help for v in VIEWS}}
@@ -46,24 +46,33 @@ def datasets_command(
         emit_json(result)
         return
     for name, text in DATASETS.items():
-        console.print(f"[bold]{escape(name)}[/]: {escape(text)}")
-        console.print(f"    views: {escape(DATASET_VIEWS[name])}")
-    console.print("transforms (any image dataset; after the dataset's own view, joined with '+'):")
+        stdout_console.print(f"[bold]{escape(name)}[/]: {escape(text)}")
+        stdout_console.print(f"    views: {escape(DATASET_VIEWS[name])}")
+    stdout_console.print("transforms (any image dataset; after the dataset's own view, joined with '+'):")
     for v in VIEWS:
-        console.print(f"  [bold]{escape(v.syntax)}[/]: {escape(v.help)}")
+        stdout_console.print(f"  [bold]{escape(v.syntax)}[/]: {escape(v.help)}")
 
 
 @cli_command
 def encoders_command(json_out: JsonOpt = False) -> None:
-    """List installed encoder spec prefixes (entry-point group sjalign.encoders)."""
-    from sjalign.encoders import available_encoders
+    """List the installed encoders (entry-point group sjalign.encoders): each spec's syntax and what it embeds.
 
-    names = available_encoders()
+    Examples:
+
+      sjalign encoders
+
+      sjalign encoders --json | jq -r '.encoders | keys[]'
+    """
+    from sjalign.encoders.base import describe_encoders
+
+    found = describe_encoders()
     if json_out:
-        emit_json({"encoders": names})
-    else:
-        for name in names:
-            console.print(name)
+        emit_json({"encoders": found})
+        return
+    for prefix, info in found.items():
+        what = (f"cannot be loaded: {info['error']}" if "error" in info
+                else f"embeds {' or '.join(info['modalities'])}")
+        stdout_console.print(f"[bold]{escape(prefix)}[/]: {escape(info['syntax'])}  ({escape(what)})")
 
 
 @cli_command
@@ -90,9 +99,9 @@ def objectives_command(json_out: JsonOpt = False) -> None:
         emit_json({"objectives": result})
         return
     for name, info in result.items():
-        console.print(f"[bold]{escape(name)}[/]: {escape(info['summary'])} (exports {info['exported_encoder']})")
+        stdout_console.print(f"[bold]{escape(name)}[/]: {escape(info['summary'])} (exports {info['exported_encoder']})")
         recipe = ", ".join(f"{k} {v}" for k, v in info["recipe"].items())
-        console.print(f"    recipe: {escape(recipe)}")
+        stdout_console.print(f"    recipe: {escape(recipe)}")
         for field, option in info["options"].items():
             default = ",".join(map(str, option["default"])) if isinstance(option["default"], list) else option["default"]
-            console.print(f"    --{field.replace('_', '-')} [{escape(str(default))}]: {escape(option['help'])}")
+            stdout_console.print(f"    --{field.replace('_', '-')} [{escape(str(default))}]: {escape(option['help'])}")

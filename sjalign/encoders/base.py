@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -76,6 +76,22 @@ def _entry_points() -> dict[str, object]:
 def available_encoders() -> list[str]:
     """Spec prefixes of every installed encoder (nothing is imported)."""
     return sorted(_entry_points())
+
+
+def describe_encoders() -> dict[str, dict[str, Any]]:
+    """Every installed encoder: ``{prefix: {"syntax", "modalities", "module"}}`` (imports each class;
+    one that fails to import is listed with ``"error"`` instead of failing the listing)."""
+    out: dict[str, dict[str, Any]] = {}
+    for prefix, target in sorted(_entry_points().items()):
+        try:
+            cls = _load(target)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
+            out[prefix] = {"syntax": f"{prefix}:ARG", "modalities": None, "error": f"{type(exc).__name__}: {exc}"}
+            continue
+        modalities = getattr(cls, "modalities", None) or (getattr(cls, "modality", "image"),)
+        out[prefix] = {"syntax": getattr(cls, "syntax", f"{prefix}:ARG"), "modalities": list(modalities),
+                       "module": f"{cls.__module__}.{cls.__qualname__}"}
+    return out
 
 
 def _load(target) -> type:

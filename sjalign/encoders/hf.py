@@ -158,7 +158,9 @@ class HFEncoder:
     """A transformers ``AutoModel`` from a local folder (see the module docstring)."""
 
     spec = "hf"
-    modality = "image"
+    modality = "image"  # or "text": set per model (a tokenizer and no image processor)
+    syntax = "hf:DIR"
+    modalities = ("image", "text")
 
     def __init__(self, model, config, options: EncoderOptions, path: str, *, tokenizer=None, image=None):
         self.model, self.config, self.options, self.path = model, config, options, path

@@ -21,6 +21,7 @@ class JepaEncoder:
 
     spec = "jepa"
     modality = "image"
+    syntax = "jepa:RUN_DIR"
 
     def __init__(self, model, config, options: EncoderOptions, path: str):
         self.model, self.config, self.options, self.path = model, config, options, path

@@ -13,6 +13,7 @@ class PixelsEncoder:
 
     spec = "pixels"
     modality = "image"
+    syntax = "pixels"
     num_features = 0  # known after the first batch
 
     @classmethod

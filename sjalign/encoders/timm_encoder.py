@@ -205,6 +205,7 @@ class TimmEncoder:
 
     spec = "timm"
     modality = "image"
+    syntax = "timm:NAME@WEIGHTS.safetensors | timm:NAME@DIR | timm:NAME@random"
 
     def __init__(self, model, name: str, weights: str, options: EncoderOptions):
         self.model, self.name, self.weights, self.options = model, name, weights, options

@@ -39,6 +39,7 @@ class RandomProjectionEncoder:
 
     spec = "randproj"
     modality = "image"
+    syntax = "randproj:D[:SEED]"
 
     def __init__(self, dim: int, seed: int = 0, *, device: str = "auto"):
         self.num_features, self.seed = dim, seed
