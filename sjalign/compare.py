@@ -21,11 +21,11 @@ import numpy as np
 
 from sjalign.align.maps import DEFAULT_LAMBDA
 from sjalign.errors import SjalignError
+from sjalign.metrics import higher_is_better
 
 MAP_FREE = ("cka", "cka_debiased", "mutual_knn", "cknna", "svcca", "pwcca", "rsa")
 MAP_BASED = ("r2", "retrieval@1", "retrieval@5", "retrieval@10", "csls@1")
 METRICS = MAP_FREE + MAP_BASED
-HIGHER_IS_BETTER = dict.fromkeys(METRICS, True)
 
 
 def check_metrics(names: list[str]) -> list[str]:
@@ -141,8 +141,8 @@ def compare_latents(latents: list, names: list[str], *, metrics=METRICS, k: int 
             if layers is not None:
                 record["layers"] = layers
             pairs.append(record)
-    return {"files": list(names), "metrics": metrics, "knn_metric": knn_metric, "k": k, "lambda": lam,
-            "pairs": pairs, "matrix": matrix}
+    return {"files": list(names), "metrics": metrics, "higher_is_better": higher_is_better(metrics),
+            "knn_metric": knn_metric, "k": k, "lambda": lam, "pairs": pairs, "matrix": matrix}
 
 
 LAYER_METRICS = ("cka", "cka_debiased")

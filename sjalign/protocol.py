@@ -20,22 +20,6 @@ from sjalign.metrics import DEFAULT_KS, effective_rank, r2, score_map
 LOW_RANK_FRACTION = 0.1
 # Figures of the latents alone, the same whatever the map: the null column leaves them out
 MAP_FREE_KEYS = ("cka_raw", "eff_rank_a", "eff_rank_b")
-# Which way each metric is better (SPEC §4); NOS@k and the effective ranks are handled in higher_is_better().
-_HIGHER = {"mse": False, "r2": True, "cka": True, "cka_raw": True, "dsc": True, "retrieval@1": True,
-           "procrustes_error": False, "kappa": False, "orth_dev": False}
-
-
-def higher_is_better(keys) -> dict[str, bool]:
-    """{metric: True if higher is better} for the metric names in ``keys`` (NOS@k: False; ranks: left out)."""
-    out = {}
-    for key in keys:
-        if key.startswith("nos@"):
-            out[key] = False
-        elif key in _HIGHER:
-            out[key] = _HIGHER[key]
-    return out
-
-
 @dataclass(frozen=True)
 class Split:
     """Train/test masks over paired rows and how they were drawn.

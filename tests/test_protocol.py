@@ -351,7 +351,7 @@ def test_evaluate_runs_mean_std_over_seeds_and_models():
 
 
 def test_mean_std_and_directions():
-    from sjalign.protocol import higher_is_better
+    from sjalign.metrics import higher_is_better
     from sjalign.runs import mean_std
 
     assert mean_std([1.0, 3.0, None, float("nan")]) == {"mean": 2.0, "std": pytest.approx(np.sqrt(2)), "n": 2}
@@ -359,6 +359,9 @@ def test_mean_std_and_directions():
     assert mean_std([]) == {"mean": None, "std": None, "n": 0}
     hib = higher_is_better(["r2", "nos@10", "kappa", "retrieval@1", "eff_rank_a", "mse"])
     assert hib == {"r2": True, "nos@10": False, "kappa": False, "retrieval@1": True, "mse": False}
+    from sjalign.compare import METRICS
+
+    assert set(higher_is_better(METRICS)) == set(METRICS)  # every compare measure has a direction in the one table
 
 
 def test_layerwise_cka_matches_linear_cka_and_finds_planted_layers():

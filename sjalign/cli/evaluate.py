@@ -191,7 +191,7 @@ def print_sweep(rows: list[dict], name: str, label: str) -> None:
 
 def assemble_result(runs, *, a_paths, b_paths, lat_a, lat_b, config: EvaluateConfig, control_paths) -> dict:
     """The JSON result: the first run's keys (SPEC §1), plus mean ± std when there are several runs."""
-    from sjalign.protocol import higher_is_better
+    from sjalign.metrics import higher_is_better
     from sjalign.runs import summarise_runs
 
     first = runs[0]

@@ -10,6 +10,28 @@ from sjalign.metrics.distances import DEFAULT_DSC_POINTS, dsc
 from sjalign.metrics.neighbours import DEFAULT_KS, knn_indices, nos_at_k, retrieval_at_1
 from sjalign.metrics.regression import mse, r2
 
+# Which way each metric is better (SPEC §4): the one table that evaluate, compare and the reports read.
+# NOS@k is lower-better; retrieval@k and csls@k higher-better; effective ranks have no direction.
+HIGHER_IS_BETTER = {
+    "mse": False, "r2": True, "cka": True, "cka_raw": True, "cka_debiased": True, "dsc": True,
+    "procrustes_error": False, "kappa": False, "orth_dev": False,
+    "mutual_knn": True, "cknna": True, "svcca": True, "pwcca": True, "rsa": True,
+}
+
+
+def higher_is_better(keys) -> dict[str, bool]:
+    """{metric: True if higher is better} for the metric names in ``keys`` (NOS@k: False;
+    retrieval@k, csls@k: True; names without a direction, such as the effective ranks, left out)."""
+    out = {}
+    for key in keys:
+        if key.startswith("nos@"):
+            out[key] = False
+        elif key.startswith(("retrieval@", "csls@")):
+            out[key] = True
+        elif key in HIGHER_IS_BETTER:
+            out[key] = HIGHER_IS_BETTER[key]
+    return out
+
 def score_map(w: np.ndarray, za: np.ndarray, zb: np.ndarray, *, ks=DEFAULT_KS, q: np.ndarray | None = None,
               dsc_points: int = DEFAULT_DSC_POINTS, seed: int = 0, device="auto") -> dict[str, float]:
     """Every single-map metric of SPEC §4 on standardised held-out pairs.
@@ -44,6 +66,7 @@ def score_map(w: np.ndarray, za: np.ndarray, zb: np.ndarray, *, ks=DEFAULT_KS, q
 
 
 __all__ = [
+    "HIGHER_IS_BETTER", "higher_is_better",
     "DEFAULT_DSC_POINTS", "DEFAULT_KS", "dsc", "effective_rank", "kappa", "knn_indices",
     "linear_cka", "mse", "nos_at_k", "numerical_rank", "orth_dev", "procrustes_error", "r2",
     "retrieval_at_1", "score_map",
