@@ -313,15 +313,20 @@ def embed_in_parts(embed_range: Callable[[int, int], Any], lo: int, hi: int, *, 
         raise SjalignError(f"{parts_dir}: holds more parts than this embed has rows for; rerun with --force")
     if on_rows is not None:
         on_rows(min(len(parts) * part_rows, hi - lo))
-    for k in range(len(parts), len(starts)):
-        a = starts[k]
-        b = min(a + part_rows, hi)
-        part = embed_range(a, b)
-        save_part(parts_dir / f"part-{k:06d}.safetensors", part)
-        parts.append(part)
-        _fault_injection(k + 1 - kept)
-        if on_rows is not None:
-            on_rows(b - lo)
+    try:
+        for k in range(len(parts), len(starts)):
+            a = starts[k]
+            b = min(a + part_rows, hi)
+            part = embed_range(a, b)
+            save_part(parts_dir / f"part-{k:06d}.safetensors", part)
+            parts.append(part)
+            _fault_injection(k + 1 - kept)
+            if on_rows is not None:
+                on_rows(b - lo)
+    except BaseException:
+        if not parts:  # failed before anything worth resuming (a bad input): leave nothing behind
+            remove_parts(parts_dir)
+        raise
     return parts, kept
 
 

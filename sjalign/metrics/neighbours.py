@@ -55,6 +55,12 @@ def _centred(x: np.ndarray, mean: np.ndarray, dev: torch.device) -> torch.Tensor
     return torch.as_tensor(np.ascontiguousarray(np.asarray(x, np.float64) - mean), dtype=torch.float32, device=dev)
 
 
+def _stored(x: np.ndarray, dev: torch.device) -> torch.Tensor:
+    """The given values on ``dev``: float64 arrays stay float64, anything else becomes float32."""
+    dtype = torch.float64 if x.dtype == np.float64 else torch.float32
+    return torch.as_tensor(np.ascontiguousarray(x), dtype=dtype, device=dev)
+
+
 def _fp32_error(q: torch.Tensor, x_sq_max: float) -> torch.Tensor:
     """(m, d) float32 centred query rows -> (m,) float64 bound on the error of one mm-form distance
     to a column of squared norm ≤ ``x_sq_max``, against the exact distance of the stored values:
@@ -159,7 +165,7 @@ def knn_indices(x: np.ndarray, k: int, *, chunk: int = 2048, device: str | torch
         raise SjalignError(f"k = {k} must be between 1 and n_test - 1 = {n - 1}")
     dev = resolve_device(device)
     x = np.asarray(x)
-    xs = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=dev)  # (n, d) stored values
+    xs = _stored(x, dev)  # (n, d) the values whose exact distances decide
     xt = _centred(x, np.asarray(x, np.float64).mean(0), dev)  # (n, d) for the float32 search
     x_sq = (xt * xt).sum(1)  # (n,)
     kk = min(k + EXACT_MARGIN, n - 1)  # nominees per row
@@ -233,8 +239,7 @@ def retrieval_at_1(target: np.ndarray, pred: np.ndarray, *, chunk: int = 2048,
         raise ShapeError(f"retrieval needs two arrays of one shape, got {target.shape} and {pred.shape}")
     dev = resolve_device(device)
     mean = np.asarray(target, np.float64).mean(0)
-    ts = torch.as_tensor(np.ascontiguousarray(target), dtype=torch.float32, device=dev)  # (n, d) stored values
-    ps = torch.as_tensor(np.ascontiguousarray(pred), dtype=torch.float32, device=dev)
+    ts, ps = _stored(np.asarray(target), dev), _stored(np.asarray(pred), dev)  # the values that decide
     t, p = _centred(target, mean, dev), _centred(pred, mean, dev)  # for the float32 search
     t_sq = (t * t).sum(1)
     t_sq_max = float(t_sq.max())
