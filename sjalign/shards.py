@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -273,8 +274,8 @@ def embed_in_parts(embed_range: Callable[[int, int], Any], lo: int, hi: int, *, 
             those of an uninterrupted one).
         parts_dir: the folder of finished parts (created; owned by sjalign: ``job.json`` marks it).
         job: what must match for ``resume`` to keep a part (the embed config, rows, part size).
-        resume: keep the parts of an interrupted run of the same job; without it an existing
-            parts folder is an error.
+        resume: keep the parts of an interrupted run of the same job; without it the parts of
+            an interrupted run are discarded (with a warning) and the rows embedded again.
         save_part, load_part: write one part atomically / read one back.
         on_rows: called with the rows done so far (progress), after each part.
 
@@ -283,19 +284,24 @@ def embed_in_parts(embed_range: Callable[[int, int], Any], lo: int, hi: int, *, 
         from the interrupted run).
 
     Raises:
-        SjalignError: a parts folder without ``resume``; one from a different job with it.
+        SjalignError: a parts folder sjalign did not write; with ``resume``, one of a different job.
     """
     job_file = parts_dir / PARTS_JOB
     parts: list[Any] = []
     if parts_dir.exists():
-        if not resume:
-            raise SjalignError(f"{parts_dir}: an interrupted embed left its parts here; rerun with --resume to "
-                               "finish it, or --force to start over")
         try:
             saved = json.loads(job_file.read_text())
         except (OSError, ValueError):
             raise SjalignError(f"{parts_dir}: not a parts folder written by sjalign embed (no readable "
                                f"{PARTS_JOB}); remove it yourself if it is not needed") from None
+        if not resume:  # a plain rerun starts over, as it would without parts
+            n_saved = sum(1 for p in parts_dir.iterdir() if PART_RE.match(p.name))
+            remove_parts(parts_dir)
+            if n_saved:
+                warnings.warn(f"{parts_dir}: discarded {n_saved} saved part(s) of an interrupted embed and started "
+                              "over (--resume keeps them)", stacklevel=2)
+            return embed_in_parts(embed_range, lo, hi, part_rows=part_rows, parts_dir=parts_dir, job=job,
+                                  resume=False, save_part=save_part, load_part=load_part, on_rows=on_rows)
         if saved != job:
             diff = sorted(k for k in set(saved) | set(job) if saved.get(k) != job.get(k))
             raise SjalignError(f"{parts_dir}: --resume of a different embed ({', '.join(diff)} differ); rerun the "
