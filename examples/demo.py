@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (must not exist or be empty)")
     parser.add_argument("--max-states", type=int, default=8000, help="Fashion-MNIST states used (train and test in proportion)")
     parser.add_argument("--epochs", type=int, default=2, help="pretraining epochs per encoder")
-    parser.add_argument("--num-views", type=int, default=2, help="LeJEPA's augmented views per image (its recipe: 4)")
+    parser.add_argument("--num-views", type=int, default=2, help="LeJEPA's augmented views per image (its recipe: 2, for 14 epochs)")
     parser.add_argument("--model", default="vit_tiny", help="ViT preset")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
