@@ -128,13 +128,25 @@ def test_kill_9_then_resume_embeds_only_the_rest_and_equals_an_uninterrupted_run
     assert json.loads(done.stdout)["embedded"] == 700 - 2 * 128  # parts of 100 rows rounded to 2 batches of 64
     _same(load_latents(out), whole)
     assert not parts.exists() and not list(tmp_path.glob("*.lock"))
-    # a plain rerun after a kill starts over (and says so): nothing to clean by hand, the same result
+
+
+def test_a_plain_rerun_discards_saved_parts_and_starts_over(runner, tmp_path, whole):
+    """Parts of an interrupted run (as kill -9 leaves them) and no --resume: discarded with a warning."""
+    from sjalign.shards import embed_in_parts
+
+    out = tmp_path / "z.safetensors"
+    parts = out.with_name(out.name + ".parts")
+    res = run(runner, *EMBED, "-o", out, "--resume")  # a resume with nothing saved is a fresh run
+    assert res.exit_code == 0
     out.unlink()
-    assert _sjalign([*EMBED, "-o", out], {"SJALIGN_FAULT_KILL_AFTER_PARTS": "1"}).returncode == -9
-    again = _sjalign([*EMBED, "-o", out])
-    assert again.returncode == 0 and "discarded 1 saved part(s)" in again.stderr
-    _same(load_latents(out), whole)
-    assert not parts.exists() and not list(tmp_path.glob("*.lock"))
+    calls = []
+    embed_in_parts(lambda a, b: calls.append((a, b)) or (a, b), 0, 10, part_rows=5, parts_dir=parts,
+                   job={"x": 1}, resume=False, save_part=lambda path, part: path.write_bytes(b"x"),
+                   load_part=lambda path: None)
+    assert calls == [(0, 5), (5, 10)] and parts.is_dir()  # left as an interrupted run would leave them
+    with pytest.warns(UserWarning, match="discarded 2 saved part"):
+        embed_in_parts(lambda a, b: (a, b), 0, 10, part_rows=5, parts_dir=parts, job={"x": 1}, resume=False,
+                       save_part=lambda path, part: None, load_part=lambda path: None)
 
 
 @needs_fashion_mnist
