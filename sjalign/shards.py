@@ -33,7 +33,8 @@ from typing import Any, Callable
 import numpy as np
 
 from sjalign.errors import SjalignError
-from sjalign.outputs import TMP_PREFIX
+from sjalign.io import sha256_file
+from sjalign.outputs import TMP_PREFIX, atomic_write_bytes
 
 INDEX_FORMAT = "latents-index/1"
 INDEX_SUFFIX = ".index.json"
@@ -106,19 +107,6 @@ def other_shard_counts(output: str | os.PathLike, n_shards: int) -> list[tuple[P
 
 # ---------------------------------------------------------------- the index
 
-def _sha256(path: Path) -> str:
-    from sjalign.io import sha256_file
-
-    return sha256_file(path)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    from sjalign.outputs import atomic_file
-
-    with atomic_file(path, replace=True) as f:
-        f.write((json.dumps(obj, indent=1) + "\n").encode())
-
-
 def write_index_if_complete(output: str | os.PathLike, n_shards: int) -> Path | None:
     """Write ``output``'s index once all n_shards shard files exist (by any process: the last to
     finish writes it; a second writer writes the same content, atomically). Returns its path, or
@@ -138,9 +126,9 @@ def write_index_if_complete(output: str | os.PathLike, n_shards: int) -> Path | 
         raise SjalignError(f"{paths[0].name} ... {paths[-1].name}: the shards come from different embed commands "
                            "(encoder, dataset, view or selection differ); rerun the odd one")
     index = {"sjalign.format": INDEX_FORMAT, "n": lset.n, "dim": lset.dim,
-             "shards": [{"file": p.name, "rows": int(s.n), "sha256": _sha256(p)} for p, s in zip(paths, lset.shards)]}
+             "shards": [{"file": p.name, "rows": int(s.n), "sha256": sha256_file(p)} for p, s in zip(paths, lset.shards)]}
     target = index_path(output)
-    _write_json_atomic(target, index)
+    atomic_write_bytes(target, (json.dumps(index, indent=1) + "\n").encode())
     return target
 
 
@@ -176,18 +164,19 @@ def read_index(path: str | os.PathLike, *, verify: bool = True) -> list[Path]:
         shard = path.parent / entry["file"]
         if not shard.is_file():
             raise SjalignError(f"{path}: shard {entry['file']} is missing")
-        if verify and _sha256(shard) != entry.get("sha256"):
+        if verify and sha256_file(shard) != entry.get("sha256"):
             raise SjalignError(f"{path}: shard {entry['file']} was altered after the index was written "
                                "(its SHA-256 differs); embed it again")
         out.append(shard)
     return out
 
 
-def expand_index_paths(paths: list[str | os.PathLike]) -> list[Path]:
-    """Each index replaced by its shards (checked, :func:`read_index`); other paths as given."""
+def expand_index_paths(paths: list[str | os.PathLike], *, verify: bool = True) -> list[Path]:
+    """Each index replaced by its shards (checked as ``verify`` says, :func:`read_index`); other
+    paths as given."""
     out: list[Path] = []
     for p in paths:
-        out.extend(read_index(p) if is_index(p) else [Path(p)])
+        out.extend(read_index(p, verify=verify) if is_index(p) else [Path(p)])
     return out
 
 
@@ -264,7 +253,7 @@ def _alive(pid: Any) -> bool:
 
 def embed_in_parts(embed_range: Callable[[int, int], Any], lo: int, hi: int, *, part_rows: int,
                    parts_dir: Path, job: dict[str, Any], resume: bool,
-                   save_part: Callable[[Path, Any], None], load_part: Callable[[Path], Any],
+                   save_part: Callable[[Path, Any], None], load_part: Callable[[Path, int], Any],
                    on_rows: Callable[[int], None] | None = None) -> tuple[list[Any], int]:
     """Embed rows [lo, hi) part by part, each part saved before the next starts.
 
@@ -276,7 +265,7 @@ def embed_in_parts(embed_range: Callable[[int, int], Any], lo: int, hi: int, *, 
         job: what must match for ``resume`` to keep a part (the embed config, rows, part size).
         resume: keep the parts of an interrupted run of the same job; without it the parts of
             an interrupted run are discarded (with a warning) and the rows embedded again.
-        save_part, load_part: write one part atomically / read one back.
+        save_part, load_part: write one part atomically / read one back (given its first row).
         on_rows: called with the rows done so far (progress), after each part.
 
     Returns:
@@ -287,6 +276,7 @@ def embed_in_parts(embed_range: Callable[[int, int], Any], lo: int, hi: int, *, 
         SjalignError: a parts folder sjalign did not write; with ``resume``, one of a different job.
     """
     job_file = parts_dir / PARTS_JOB
+    starts = list(range(lo, hi, part_rows))
     parts: list[Any] = []
     if parts_dir.exists():
         try:
@@ -297,26 +287,26 @@ def embed_in_parts(embed_range: Callable[[int, int], Any], lo: int, hi: int, *, 
         if not resume:  # a plain rerun starts over, as it would without parts
             n_saved = sum(1 for p in parts_dir.iterdir() if PART_RE.match(p.name))
             remove_parts(parts_dir)
+            if parts_dir.exists():  # something sjalign did not write is in there: leave it to its owner
+                raise SjalignError(f"{parts_dir}: not a parts folder written by sjalign embed (no readable "
+                                   f"{PARTS_JOB}); remove it yourself if it is not needed")
             if n_saved:
                 warnings.warn(f"{parts_dir}: discarded {n_saved} saved part(s) of an interrupted embed and started "
                               "over (--resume keeps them)", stacklevel=2)
-            return embed_in_parts(embed_range, lo, hi, part_rows=part_rows, parts_dir=parts_dir, job=job,
-                                  resume=False, save_part=save_part, load_part=load_part, on_rows=on_rows)
-        if saved != job:
+        elif saved != job:
             diff = sorted(k for k in set(saved) | set(job) if saved.get(k) != job.get(k))
             raise SjalignError(f"{parts_dir}: --resume of a different embed ({', '.join(diff)} differ); rerun the "
                                "original command with --resume, or --force to start over")
-        k = 0
-        while (parts_dir / f"part-{k:06d}.safetensors").is_file():
-            parts.append(load_part(parts_dir / f"part-{k:06d}.safetensors"))
-            k += 1
-    else:
+        else:
+            while (parts_dir / f"part-{len(parts):06d}.safetensors").is_file():
+                if len(parts) == len(starts):
+                    raise SjalignError(f"{parts_dir}: holds more parts than this embed has rows for; rerun with "
+                                       "--force")
+                parts.append(load_part(parts_dir / f"part-{len(parts):06d}.safetensors", starts[len(parts)]))
+    if not parts_dir.exists():
         parts_dir.mkdir(parents=True)
-        _write_json_atomic(job_file, job)
-    starts = list(range(lo, hi, part_rows))
+        atomic_write_bytes(job_file, (json.dumps(job, indent=1) + "\n").encode())
     kept = len(parts)
-    if kept > len(starts):
-        raise SjalignError(f"{parts_dir}: holds more parts than this embed has rows for; rerun with --force")
     if on_rows is not None:
         on_rows(min(len(parts) * part_rows, hi - lo))
     try:

@@ -152,3 +152,22 @@ def test_random_split_is_by_state_id():
     assert not np.array_equal(random_split(ids, 0.2, seed=1), split)
     with pytest.raises(SjalignError):
         random_split(ids[:3], 0.1, seed=0)
+
+
+def test_sha256_file_reads_an_unchanged_file_once(tmp_path, monkeypatch):
+    import builtins
+    import hashlib
+    import os
+
+    from sjalign.io import sha256_file
+
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"abc" * 1000)
+    reads = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: (reads.append(str(p)), real_open(p, *a, **k))[1])
+    assert sha256_file(f) == sha256_file(f) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert reads == [str(f)]  # the second digest came from the first read
+    f.write_bytes(b"abd" * 1000)  # same size, new content
+    os.utime(f, ns=(1, 1))  # and a modification time of its own
+    assert sha256_file(f) == hashlib.sha256(b"abd" * 1000).hexdigest() and len(reads) == 2

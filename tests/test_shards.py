@@ -142,11 +142,11 @@ def test_a_plain_rerun_discards_saved_parts_and_starts_over(runner, tmp_path, wh
     calls = []
     embed_in_parts(lambda a, b: calls.append((a, b)) or (a, b), 0, 10, part_rows=5, parts_dir=parts,
                    job={"x": 1}, resume=False, save_part=lambda path, part: path.write_bytes(b"x"),
-                   load_part=lambda path: None)
+                   load_part=lambda path, a: None)
     assert calls == [(0, 5), (5, 10)] and parts.is_dir()  # left as an interrupted run would leave them
     with pytest.warns(UserWarning, match="discarded 2 saved part"):
         embed_in_parts(lambda a, b: (a, b), 0, 10, part_rows=5, parts_dir=parts, job={"x": 1}, resume=False,
-                       save_part=lambda path, part: None, load_part=lambda path: None)
+                       save_part=lambda path, part: None, load_part=lambda path, a: None)
 
 
 @needs_fashion_mnist

@@ -12,6 +12,7 @@ import numpy as np
 from sjalign.align.maps import AlignmentMap
 from sjalign.errors import FileFormatError, SjalignError
 from sjalign.io import MAP_FORMAT, read_safetensors, sha256_file, write_safetensors
+from sjalign.shards import expand_index_paths
 
 _VECTORS = ("a_mean", "a_std", "b_mean", "b_std")
 # latents metadata that names what made the vectors; a map records its A side's (``encoder_a_spec``)
@@ -108,18 +109,11 @@ def _recorded(meta: Mapping[str, str]) -> tuple[frozenset[str], frozenset[str], 
         return None
 
 
-def _files(paths) -> list:
-    """Paths with each shard index replaced by its shard files (unverified: identities only)."""
-    from sjalign.shards import is_index, read_index
-
-    return [f for p in paths for f in (read_index(p, verify=False) if is_index(p) else [p])]
-
-
 def _identity(path, kind: str) -> str:
     """A file's identity as the map recorded it; for a shard index, its first shard's."""
     from sjalign.lazy_io import fingerprint
 
-    path = _files([path])[0]
+    path = expand_index_paths([path], verify=False)[0]
     return fingerprint(path) if kind == "fingerprint" else sha256_file(path)
 
 
@@ -190,7 +184,7 @@ def check_pair(meta: Mapping[str, str], map_path, sides: Mapping[str, Sequence[s
     problems = []
     for side, paths in sides.items():
         known = recorded[side]
-        for p in _files(paths):
+        for p in expand_index_paths(list(paths), verify=False):  # an index: its shards' identities
             h = fingerprint(p)
             if h not in known:
                 theirs = ", ".join(k[:12] for k in known) or "none"

@@ -47,6 +47,17 @@ def is_stdout(path: Path | str | None) -> bool:
     return path is not None and str(path) == "-"
 
 
+def write_text_output(path: Path | str, text: str, *, replace: bool) -> None:
+    """``text`` to the file ``path`` atomically, or to stdout for ``-o -``."""
+    if is_stdout(path):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        from sjalign.outputs import atomic_write_bytes
+
+        atomic_write_bytes(path, text.encode(), replace=replace)
+
+
 def protect_examples(doc: str | None) -> str | None:
     """Mark each paragraph after ``Examples:`` as not to be re-wrapped (click's ``\\b``), so a
     command line in the help is never broken inside a word such as ``--max-states``."""

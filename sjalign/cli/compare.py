@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sjalign.cli.common import ForceOpt, JsonOpt, SeedOpt, cli_command, console, emit_json, is_stdout, output_path
+from sjalign.cli.common import (
+    ForceOpt, JsonOpt, SeedOpt, cli_command, console, emit_json, is_stdout, output_path, write_text_output,
+)
 
 
 @cli_command
@@ -43,7 +44,7 @@ def compare_command(
     from sjalign.errors import SjalignError
     from sjalign.io import load_latents
     from sjalign.metrics.similarity import KNN_METRICS
-    from sjalign.outputs import atomic_write_bytes, check_output
+    from sjalign.outputs import check_output
 
     names = check_metrics(list(METRICS) if metrics == "all" else [m.strip() for m in metrics.split(",") if m.strip()])
     check_choice("--knn-metric", knn_metric, KNN_METRICS)
@@ -81,15 +82,10 @@ def compare_command(
                              test_fraction=test_fraction, seed=seed, lam=lam, progress=progress)
     result["encoders"] = [lat.metadata.get("encoder", "?") for lat in latents]
     result["dims"] = [int(lat.dim) for lat in latents]
-    for path, text in ((output, json.dumps(result, indent=1) + "\n"), (csv, None)):
-        if path is None:
-            continue
-        text = to_csv(result) if text is None else text
-        if is_stdout(path):
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        else:
-            atomic_write_bytes(path, text.encode(), replace=force)
+    if output is not None:
+        write_text_output(output, json.dumps(result, indent=1) + "\n", replace=force)
+    if csv is not None:
+        write_text_output(csv, to_csv(result), replace=force)
     if report is not None:
         from sjalign.outputs import publish_folder
         from sjalign.report.compare_page import COMPARE_KIND, compare_report_files

@@ -205,9 +205,8 @@ def embed_command(
         return Latents(z, state_ids[a:b], None if labels is None else labels[a:b],
                        None if split_all is None else split_all[a:b], layers=layers)
 
-    def load_part(path: Path) -> Latents:
+    def load_part(path: Path, a: int) -> Latents:  # a: the part's first row
         part = load_latents(path)
-        a = lo + int(path.stem.split("-")[1]) * step
         if not np.array_equal(part.state_ids, state_ids[a:a + len(part.state_ids)]):
             raise SjalignError(f"{path}: its states are not this embed's rows {a}..; rerun with --force")
         return part
@@ -240,7 +239,11 @@ def embed_command(
             lock.release()
     seconds = time.perf_counter() - start
     index = write_index_if_complete(output, which[1]) if which else None
-    n_rows, dim = (open_latents(target).n, open_latents(target).dim) if done_before else lat.latents.shape
+    if done_before:
+        lazy = open_latents(target)
+        n_rows, dim = lazy.n, lazy.dim
+    else:
+        n_rows, dim = lat.latents.shape
     embedded = 0 if done_before else hi - lo - min(kept * step, hi - lo)
     result = {"output": str(target), "n": int(n_rows), "d": int(dim), "encoder": encoder,
               "dataset": dataset, "view": view_desc, "subset": subset.to_dict(),

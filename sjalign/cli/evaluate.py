@@ -11,7 +11,7 @@ import typer
 
 from sjalign.cli.common import (
     DeviceOpt, ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, console, emit_json, is_stdout, output_path, parse_ks,
-    parse_latents_list, to_json,
+    parse_latents_list, to_json, write_text_output,
 )
 from sjalign.cli.fit_map import LambdaOpt, MethodOpt, TestFracOpt, resolve_lambda
 from sjalign.errors import SjalignError
@@ -275,7 +275,7 @@ def evaluate_command(
     """
     from sjalign.align import METHODS, check_pair, check_source, load_map
     from sjalign.cli.common import check_choice, check_device, check_fraction, flag_conflicts
-    from sjalign.io import atomic_write_bytes, check_output
+    from sjalign.io import check_output
     from sjalign.protocol import DEFAULT_KS, choose_split, pair_budget_sweep, pair_noise_sweep
     from sjalign.runs import EvalOptions, default_budgets, evaluate_runs, layerwise_cka
 
@@ -369,10 +369,8 @@ def evaluate_command(
             result["layer_cka"] = layers
         clean = json.loads(to_json(result))
         write_report(report, clean, first, budget_curves=curves, layer_cka=layers, force=force, seed=split_seeds[0])
-    if is_stdout(output):
-        emit_json(result)
-    elif output is not None:
-        atomic_write_bytes(output, (to_json(result) + "\n").encode())
+    if output is not None:
+        write_text_output(output, to_json(result) + "\n", replace=True)
     if json_out:
         emit_json(result)
     else:
