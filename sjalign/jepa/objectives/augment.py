@@ -1,4 +1,4 @@
-"""Seeded image augmentations of the view-invariance objectives (SimCLR, LeJEPA).
+"""Seeded image augmentations of the view-invariance objectives (SimCLR, LeJEPA) and I-JEPA's crop.
 
 The parameters of every view (crop box, flip, contrast, brightness) are drawn on the CPU from
 the trainer's seeded generator (:func:`sample_aug_params`), batch-first so they can be sliced
@@ -32,42 +32,81 @@ class AugParams(NamedTuple):
     brightness: torch.Tensor
 
 
-def sample_aug_params(batch_size: int, size: tuple[int, int], *, generator: torch.Generator,
-                      scale: tuple[float, float] = (0.25, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                      contrast: tuple[float, float] = (0.6, 1.4), brightness: float = 0.2,
-                      views: int = 2) -> AugParams:
-    """Draw random-resized-crop, flip and intensity-jitter parameters for ``views`` views per image.
+def crop_boxes(shape: tuple[int, ...], size: tuple[int, int], *, generator: torch.Generator,
+               scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Draw random-resized-crop boxes, as torchvision's ``RandomResizedCrop`` without its retries.
 
     A crop covers area s·H·W with s ~ U(scale) and aspect w/h = r, log r ~ U(log ratio)
     (sides clipped to the image), at a uniform position.
 
     Args:
-        batch_size: B.
+        shape: leading shape of the boxes, e.g. (B,) or (B, V).
         size: (H, W) of the images in pixels.
-        generator: CPU generator; the same state gives the same parameters.
-        scale, ratio, contrast, brightness: ranges as above (brightness ± that much).
-        views: views per image.
+        generator: CPU generator; the same state gives the same boxes.
+        scale: (min, max) fraction of the image's area.
+        ratio: (min, max) aspect ratio w/h.
 
     Returns:
-        :class:`AugParams` with leading shape (B, views).
+        (*shape, 4, 2) float32 corners (x, y) in pixels, kornia's order (top-left, top-right,
+        bottom-right, bottom-left; inclusive).
     """
     H, W = size
-    shape = (batch_size, views)
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(shape, generator=generator)
 
     area = uniform(*scale)
     r = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1])))
-    bw = (torch.sqrt(area * r) * W).clamp(max=W)  # (B, V)
+    bw = (torch.sqrt(area * r) * W).clamp(max=W)
     bh = (torch.sqrt(area / r) * H).clamp(max=H)
     x0 = torch.rand(shape, generator=generator) * (W - bw)
     y0 = torch.rand(shape, generator=generator) * (H - bh)
     x1, y1 = x0 + bw - 1, y0 + bh - 1
-    boxes = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1),
-                         torch.stack([x1, y1], -1), torch.stack([x0, y1], -1)], dim=-2)  # (B, V, 4, 2)
+    return torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1),
+                        torch.stack([x1, y1], -1), torch.stack([x0, y1], -1)], dim=-2)
+
+
+def sample_aug_params(batch_size: int, size: tuple[int, int], *, generator: torch.Generator,
+                      scale: tuple[float, float] = (0.25, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                      contrast: tuple[float, float] = (0.6, 1.4), brightness: float = 0.2,
+                      views: int = 2) -> AugParams:
+    """Draw random-resized-crop (:func:`crop_boxes`), flip and intensity-jitter parameters for ``views`` views per image.
+
+    Args:
+        batch_size: B.
+        size: (H, W) of the images in pixels.
+        generator: CPU generator; the same state gives the same parameters.
+        scale, ratio: the crops' area and aspect ranges; contrast: multiplicative range;
+            brightness: additive shifts drawn from ± that much.
+        views: views per image.
+
+    Returns:
+        :class:`AugParams` with leading shape (B, views).
+    """
+    shape = (batch_size, views)
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(shape, generator=generator)
+
+    boxes = crop_boxes(shape, size, generator=generator, scale=scale, ratio=ratio)  # (B, V, 4, 2)
     flip = torch.rand(shape, generator=generator) < 0.5
     return AugParams(boxes, flip, uniform(*contrast), uniform(-brightness, brightness))
+
+
+def resized_crop(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Cut each image's box and resize it back to the image's size (kornia, bilinear).
+
+    Args:
+        images: (B, C, H, W).
+        boxes: (B, 4, 2) corners from :func:`crop_boxes`.
+
+    Returns:
+        (B, C, H, W) in the images' dtype; the crop geometry runs outside autocast.
+    """
+    from kornia.geometry.transform import crop_and_resize
+
+    with torch.autocast(images.device.type, enabled=False):
+        return crop_and_resize(images, boxes.to(images.dtype), tuple(images.shape[-2:]))
 
 
 def augment(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, contrast: torch.Tensor,
@@ -82,11 +121,10 @@ def augment(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, contr
         (B, C, H, W) augmented images.
     """
     from kornia.enhance import adjust_brightness, adjust_contrast
-    from kornia.geometry.transform import crop_and_resize, hflip
+    from kornia.geometry.transform import hflip
 
-    H, W = images.shape[-2:]
     dt = images.dtype
-    out = crop_and_resize(images, boxes.to(dt), (H, W))
+    out = resized_crop(images, boxes)
     out = torch.where(flip[:, None, None, None], hflip(out), out)
     out = adjust_contrast(out, contrast.to(dt))
     out = adjust_brightness(out, brightness.to(dt))
@@ -109,4 +147,4 @@ def augment_views(images: torch.Tensor, params: AugParams) -> torch.Tensor:
                                   params.brightness[:, v]) for v in range(params.flip.shape[1])])
 
 
-__all__ = ["AugParams", "augment", "augment_views", "sample_aug_params"]
+__all__ = ["AugParams", "augment", "augment_views", "crop_boxes", "resized_crop", "sample_aug_params"]

@@ -3,6 +3,7 @@
 Train step (Mo & Tong 2024, NeurIPS, "Connecting Joint-Embedding Predictive Architecture
 with Contrastive Self-supervised Learning", Eqs. 13-14)::
 
+    x        = resized_crop(image, box)                      # I-JEPA's RandomResizedCrop(scale=(0.3, 1))
     s        = LN(f_target(x))[targets]                      # EMA target, stop-gradient
     z_v      = f(x[context_v]),  v = 1, 2                    # two context blocks per image
     L_pred   = mean_v mean smooth-L1(g(z_v) − sg(s))         # I-JEPA, per element
@@ -29,7 +30,7 @@ import torch
 
 from sjalign.jepa.masks import MaskConfig, _place_blocks, keep_k_indices, sample_block_size, sample_masks
 from sjalign.jepa.objectives.common import MLPHead, ObjectiveOption, at_least
-from sjalign.jepa.objectives.ijepa import IJEPA, ijepa_loss
+from sjalign.jepa.objectives.ijepa import CROP_SCALE, IJEPA, crop_batch, ijepa_loss
 from sjalign.jepa.objectives.losses import vicreg_terms
 from sjalign.jepa.vit import ViTConfig
 
@@ -41,11 +42,13 @@ class TwoContextMasks(NamedTuple):
         context: (B, Kc) int64 first context block.
         targets: (B, M, Kt) int64 target blocks.
         context2: (B, Kc2) int64 second context block, the same targets removed.
+        boxes: (B, 4, 2) float32 crop corners of each image, or (B, 0) when the run does not crop.
     """
 
     context: torch.Tensor
     targets: torch.Tensor
     context2: torch.Tensor
+    boxes: torch.Tensor
 
 
 def second_context(targets: torch.Tensor, grid: tuple[int, int], config: MaskConfig, *,
@@ -90,6 +93,8 @@ class CJEPA(IJEPA):
         vicreg_weight: β_vicreg (C-JEPA: 0.001).
         vicreg_coeffs: (β_sim, β_std, β_cov) (C-JEPA: 25, 25, 1).
         masks: multi-block mask hyper-parameters.
+        crop_scale: area range of each image's random resized crop, as :class:`IJEPA`'s
+            ((1, 1), the constructor's default, feeds whole images; the option's default is I-JEPA's (0.3, 1)).
     """
 
     name = "cjepa"
@@ -99,6 +104,7 @@ class CJEPA(IJEPA):
     # positional shortcut (README: Does it learn?)
     recipe = {"epochs": 16}
     options = {
+        "crop_scale": CROP_SCALE,
         "vicreg_weight": ObjectiveOption(0.001, "β_vicreg: weight of VICReg beside the prediction", at_least(0)),
         "vicreg_coeffs": ObjectiveOption((25.0, 25.0, 1.0), "β_sim,β_std,β_cov of VICReg",
                                          lambda c: None if len(c) == 3 and min(c) >= 0 else f"must be three numbers >= 0 (sim, std, cov), got {c}"),
@@ -107,8 +113,9 @@ class CJEPA(IJEPA):
 
     def __init__(self, vit: ViTConfig, *, pred_dim: int = 64, pred_depth: int = 2,
                  ema: tuple[float, float] = (0.996, 1.0), proj_dim: int, vicreg_weight: float,
-                 vicreg_coeffs: tuple[float, float, float], masks: MaskConfig = MaskConfig()) -> None:
-        super().__init__(vit, pred_dim=pred_dim, pred_depth=pred_depth, ema=ema, masks=masks)
+                 vicreg_coeffs: tuple[float, float, float], masks: MaskConfig = MaskConfig(),
+                 crop_scale: tuple[float, float] = (1.0, 1.0)) -> None:
+        super().__init__(vit, pred_dim=pred_dim, pred_depth=pred_depth, ema=ema, masks=masks, crop_scale=crop_scale)
         self.vicreg_weight, self.vicreg_coeffs = vicreg_weight, tuple(vicreg_coeffs)
         self.vicreg_head = MLPHead(vit.embed_dim, proj_dim, proj_dim)
 
@@ -117,13 +124,13 @@ class CJEPA(IJEPA):
         """Build from a :class:`sjalign.jepa.config.PretrainConfig`."""
         return cls(config.vit, pred_dim=config.pred_dim, pred_depth=config.pred_depth, ema=config.ema,
                    proj_dim=config.proj_dim, vicreg_weight=config.vicreg_weight,
-                   vicreg_coeffs=config.vicreg_coeffs)
+                   vicreg_coeffs=config.vicreg_coeffs, crop_scale=config.crop_scale)
 
     def sample_masks(self, batch_size: int, generator: torch.Generator) -> TwoContextMasks:
-        """Multi-block masks and a second context block per sample (drawn on the CPU)."""
+        """Multi-block masks, a second context block per sample, then each image's crop box (drawn on the CPU)."""
         m = sample_masks(batch_size, self.grid, self.mask_config, generator=generator)
         c2 = second_context(m.targets, self.grid, self.mask_config, generator=generator)
-        return TwoContextMasks(m.context, m.targets, c2)
+        return TwoContextMasks(m.context, m.targets, c2, self.sample_boxes(batch_size, generator))
 
     def forward(self, images: torch.Tensor, masks: TwoContextMasks) -> torch.Tensor:
         """C-JEPA loss of one batch.
@@ -136,6 +143,7 @@ class CJEPA(IJEPA):
             () scalar loss; ``self.last_terms`` keeps the detached ``pred``, ``inv``, ``var``
             and ``cov`` terms.
         """
+        images = crop_batch(images, masks)
         s = self.target_tokens(images, masks.targets)  # (M*B, T, D)
         preds, pooled = [], []
         for ctx in (masks.context, masks.context2):

@@ -2,6 +2,7 @@
 
 Train step (Assran et al. 2023, arXiv:2301.08243)::
 
+    x   = resized_crop(image, box)                 # the reference's RandomResizedCrop(scale=(0.3, 1))
     s   = LN(f_target(x))[targets]            # stop-gradient, EMA weights
     z   = f_context(x[context])
     ŝ   = g(z, context positions, target positions)
@@ -12,13 +13,15 @@ Train step (Assran et al. 2023, arXiv:2301.08243)::
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sjalign.jepa.masks import MaskConfig, Masks, sample_masks
-from sjalign.jepa.objectives.common import Objective, block_major
+from sjalign.jepa.objectives.augment import crop_boxes, resized_crop
+from sjalign.jepa.objectives.common import Objective, ObjectiveOption, block_major
 from sjalign.jepa.vit import Predictor, VisionTransformer, ViTConfig, gather_tokens
 
 
@@ -71,6 +74,44 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
 
 
+class IJEPAMasks(NamedTuple):
+    """Multi-block masks plus each image's crop box (all batch-first, CPU).
+
+    Attributes:
+        context: (B, Kc) int64 context patch indices.
+        targets: (B, M, Kt) int64 target-block patch indices.
+        boxes: (B, 4, 2) float32 crop corners (:func:`~sjalign.jepa.objectives.augment.crop_boxes`),
+            or (B, 0) when the run does not crop.
+    """
+
+    context: torch.Tensor
+    targets: torch.Tensor
+    boxes: torch.Tensor
+
+
+def check_crop_scale(scale: tuple[float, ...]) -> str | None:
+    """A problem with a crop-area range (min, max), or None when 0 < min <= max <= 1."""
+    if len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1:
+        return None
+    return f"must be two numbers min,max with 0 < min <= max <= 1, got {','.join(f'{v:g}' for v in scale)}"
+
+
+CROP_SCALE = ObjectiveOption(
+    (0.3, 1.0), "area range of the random resized crop of each image, as the I-JEPA reference's "
+    "crop_scale (1,1: no crop)", check_crop_scale)
+
+
+def crop_batch(images: torch.Tensor, masks: NamedTuple) -> torch.Tensor:
+    """The batch's images cut to their boxes when the masks carry them (``masks.boxes``), else as given.
+
+    Args:
+        images: (B, C, H, W).
+        masks: masks NamedTuple; a ``boxes`` field (B, 4, 2) is applied; (B, 0) or no such field: no crop.
+    """
+    boxes = getattr(masks, "boxes", None)
+    return images if boxes is None or boxes.numel() == 0 else resized_crop(images, boxes)
+
+
 class IJEPA(Objective):
     """Context encoder, EMA target encoder and narrow predictor of I-JEPA.
 
@@ -83,6 +124,10 @@ class IJEPA(Objective):
         pred_depth: predictor blocks.
         ema: (start, end) EMA momentum.
         masks: multi-block mask hyper-parameters.
+        crop_scale: (min, max) area of each image's random resized crop (aspect 3/4–4/3, no
+            flip, no colour change: the reference's ``make_transforms`` with its ImageNet
+            configs' ``crop_scale: [0.3, 1.0]``, the ``crop_scale`` option's default); (1, 1), the
+            constructor's default, feeds whole images.
     """
 
     name = "ijepa"
@@ -91,11 +136,15 @@ class IJEPA(Objective):
     # ~16 min for 8,572 images on two CPU cores. Its first ~6 epochs learn the positional shortcut
     # (the loss falls to 0.02, probe and rank fall); content follows (README: Does it learn?)
     recipe = {"epochs": 30}
+    options = {"crop_scale": CROP_SCALE}
 
     def __init__(self, vit: ViTConfig, *, pred_dim: int = 64, pred_depth: int = 2,
-                 ema: tuple[float, float] = (0.996, 1.0), masks: MaskConfig = MaskConfig()) -> None:
+                 ema: tuple[float, float] = (0.996, 1.0), masks: MaskConfig = MaskConfig(),
+                 crop_scale: tuple[float, float] = (1.0, 1.0)) -> None:
         super().__init__()
         self.ema = ema
+        self.crop_scale = tuple(crop_scale)
+        self.img_size = (vit.img_size, vit.img_size)
         self.mask_config = masks
         self.grid = (vit.grid_size, vit.grid_size)
         self.encoder = VisionTransformer(vit)
@@ -107,11 +156,19 @@ class IJEPA(Objective):
     @classmethod
     def from_config(cls, config) -> "IJEPA":
         """Build from a :class:`sjalign.jepa.config.PretrainConfig`."""
-        return cls(config.vit, pred_dim=config.pred_dim, pred_depth=config.pred_depth, ema=config.ema)
+        return cls(config.vit, pred_dim=config.pred_dim, pred_depth=config.pred_depth, ema=config.ema,
+                   crop_scale=config.crop_scale)
 
-    def sample_masks(self, batch_size: int, generator: torch.Generator) -> Masks:
-        """Multi-block masks for one batch (drawn on the CPU)."""
-        return sample_masks(batch_size, self.grid, self.mask_config, generator=generator)
+    def sample_masks(self, batch_size: int, generator: torch.Generator) -> IJEPAMasks:
+        """Multi-block masks for one batch, then each image's crop box (drawn on the CPU)."""
+        m = sample_masks(batch_size, self.grid, self.mask_config, generator=generator)
+        return IJEPAMasks(m.context, m.targets, self.sample_boxes(batch_size, generator))
+
+    def sample_boxes(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """(B, 4, 2) crop corners, or (B, 0) without drawing when ``crop_scale`` is (1, 1)."""
+        if self.crop_scale == (1.0, 1.0):
+            return torch.zeros(batch_size, 0)
+        return crop_boxes((batch_size,), self.img_size, generator=generator, scale=self.crop_scale)
 
     @torch.no_grad()
     def target_tokens(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -149,11 +206,13 @@ class IJEPA(Objective):
 
         Args:
             images: (B, C, H, W) images.
-            masks: context (B, Kc) and targets (B, M, Kt) patch indices, on the images' device.
+            masks: context (B, Kc) and targets (B, M, Kt) patch indices and, in an
+                :class:`IJEPAMasks`, the crop boxes applied to the images first; on the images' device.
 
         Returns:
             () scalar loss; ``self.last_terms`` keeps it as the detached ``pred`` term.
         """
+        images = crop_batch(images, masks)
         s = self.target_tokens(images, masks.targets)  # (M*B, T, D)
         z = self.encoder(images, keep=masks.context)  # (B, Kc, D)
         loss = ijepa_loss(self.predict(z, masks.context, masks.targets), s)
