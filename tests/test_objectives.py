@@ -35,7 +35,8 @@ from sjalign.jepa.objectives.losses import (
     sigreg,
     vicreg_terms,
 )
-from sjalign.jepa.objectives.augment import augment, sample_aug_params
+from sjalign.jepa.objectives.augment import augment, crop_boxes, resized_crop, sample_aug_params
+from sjalign.jepa.objectives.ijepa import IJEPAMasks
 from sjalign.jepa.objectives.mae import random_masks
 
 from conftest import fashion_mnist_images
@@ -322,6 +323,45 @@ def test_augment_identity_and_flip():
     assert params.boxes[..., 1].min() >= 0 and params.boxes[..., 1].max() <= 27 + 1e-4
 
 
+def test_crop_boxes_cover_their_area_range_and_resized_crop_cuts_them():
+    boxes = crop_boxes((2000,), (28, 28), generator=gen(14), scale=(0.3, 1.0))  # (B, 4, 2) corners, inclusive
+    assert boxes.shape == (2000, 4, 2) and boxes.min() >= 0 and boxes.max() <= 27 + 1e-4
+    w = boxes[:, 1, 0] - boxes[:, 0, 0] + 1
+    h = boxes[:, 2, 1] - boxes[:, 1, 1] + 1
+    area = w * h / 784
+    assert area.max() <= 1 + 1e-5 and area.min() >= 0.3 * 0.85  # a side clipped to the image loses a little
+    assert area.mean() == pytest.approx(0.65, abs=0.03) and (w / h).min() >= 0.74 and (w / h).max() <= 1.34 / 0.85
+    x = torch.rand(2, 1, 28, 28, generator=gen(15))
+    full = torch.tensor([[0.0, 0.0], [27.0, 0.0], [27.0, 27.0], [0.0, 27.0]]).expand(2, 4, 2)
+    assert torch.allclose(resized_crop(x, full), x, atol=1e-5)
+    top_left = torch.tensor([[0.0, 0.0], [13.0, 0.0], [13.0, 13.0], [0.0, 13.0]]).expand(2, 4, 2)  # 14 x 14 → 28 x 28
+    assert torch.allclose(resized_crop(x, top_left)[..., 0, 0], x[..., 0, 0], atol=1e-5)
+    assert torch.allclose(resized_crop(x, top_left)[..., -1, -1], x[..., 13, 13], atol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["ijepa", "cjepa"])
+def test_ijepa_crops_each_image_unless_the_crop_scale_is_one(objective):
+    cropped = build_objective(tiny_config(objective))  # the option's default: the reference's (0.3, 1)
+    assert tiny_config(objective).crop_scale == (0.3, 1.0)
+    m = cropped.sample_masks(8, gen(16))
+    assert m.boxes.shape == (8, 4, 2)
+    whole = build_objective(tiny_config(objective, crop_scale=(1.0, 1.0)))
+    m1 = whole.sample_masks(8, gen(16))
+    assert m1.boxes.shape == (8, 0)  # nothing drawn: the masks are the uncropped run's
+    assert all(torch.equal(a, b) for a, b in zip(m1[:2], m[:2]))
+    whole.load_state_dict(cropped.state_dict())
+    x = torch.rand(8, 1, 28, 28, generator=gen(17))
+    torch.manual_seed(0)
+    with_crop = cropped(x, m)
+    torch.manual_seed(0)
+    assert not torch.allclose(with_crop, whole(x, m1))
+    if objective == "ijepa":  # the plain Masks of older callers: no crop
+        torch.manual_seed(0)
+        assert torch.allclose(whole(x, sample_masks(8, cropped.grid, MaskConfig(), generator=gen(16))), whole(x, m1))
+    with pytest.raises(SjalignError, match="crop_scale must be two numbers"):
+        tiny_config(objective, crop_scale=(0.0, 1.0))
+
+
 @pytest.mark.parametrize("objective", NEW)
 def test_masks_are_batch_first_and_reproducible(objective):
     model = build_objective(tiny_config(objective))
@@ -473,6 +513,9 @@ def test_objectives_listing(runner):
     (["--objective", "cjepa", "--vicreg-coeffs", "25,1"], "--vicreg-coeffs '25,1': not a valid value (expected 3"),
     (["--objective", "lejepa", "--num-views", "1"], "num_views must be an integer >= 2"),
     (["--objective", "lejepa", "--num-views", "2.5"], "--num-views '2.5': not a valid value"),
+    (["--objective", "lejepa", "--crop-scale", "0.5,1"], "--crop-scale applies to ijepa, cjepa only"),
+    (["--crop-scale", "0.5,0.4"], "crop_scale must be two numbers min,max with 0 < min <= max <= 1, got 0.5,0.4"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs must be a finite number >= 0, got -1.0"),
 ])
 def test_cli_bad_objective_options(runner, tmp_path, args, message):
     out = tmp_path / "run"
