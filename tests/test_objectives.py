@@ -341,8 +341,8 @@ def test_crop_boxes_cover_their_area_range_and_resized_crop_cuts_them():
 
 @pytest.mark.parametrize("objective", ["ijepa", "cjepa"])
 def test_ijepa_crops_each_image_unless_the_crop_scale_is_one(objective):
-    cropped = build_objective(tiny_config(objective))  # the option's default: the reference's (0.3, 1)
-    assert tiny_config(objective).crop_scale == (0.3, 1.0)
+    assert tiny_config(objective).crop_scale == ((1.0, 1.0) if objective == "ijepa" else (0.3, 1.0))
+    cropped = build_objective(tiny_config(objective, crop_scale=(0.3, 1.0)))  # the reference's
     m = cropped.sample_masks(8, gen(16))
     assert m.boxes.shape == (8, 4, 2)
     whole = build_objective(tiny_config(objective, crop_scale=(1.0, 1.0)))
