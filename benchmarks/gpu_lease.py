@@ -42,14 +42,14 @@ T0 = time.monotonic()
 # session: I-JEPA's random resized crop (crop_scale, the reference's 0.3-1) against no crop.
 # (The fourth session's grid, lpjepa and lejepa variants, is recorded in docs/results.md.)
 RECIPE_GRID = [
-    ("ijepa", "--objective ijepa"),
+    ("ijepa-crop0.3", "--objective ijepa --crop-scale 0.3,1"),
     ("ijepa-nocrop", "--objective ijepa --crop-scale 1,1"),
     ("ijepa-crop0.5", "--objective ijepa --crop-scale 0.5,1"),
-    ("ijepa-lr5e-4", "--objective ijepa --lr 5e-4"),
-    ("cjepa", "--objective cjepa"),
+    ("ijepa-crop0.3-lr5e-4", "--objective ijepa --crop-scale 0.3,1 --lr 5e-4"),
+    ("cjepa-crop0.3", "--objective cjepa --crop-scale 0.3,1"),
     ("cjepa-nocrop", "--objective cjepa --crop-scale 1,1"),
     ("cjepa-crop0.5", "--objective cjepa --crop-scale 0.5,1"),
-    ("cjepa-lr5e-4", "--objective cjepa --lr 5e-4"),
+    ("cjepa-crop0.3-lr5e-4", "--objective cjepa --crop-scale 0.3,1 --lr 5e-4"),
 ]
 # The full 60,000 training images, every objective, vit_tiny, bf16, 100 epochs. A batch of 1,024
 # (58 steps per epoch) so that a run fits the lease: at the recipes' 128 a vit_tiny step is bound
