@@ -15,12 +15,14 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Callable
 
 import numpy as np
 
 from sjalign.align.maps import DEFAULT_LAMBDA
-from sjalign.errors import SjalignError
+from sjalign.errors import OptionError, SjalignError
 from sjalign.metrics import higher_is_better
 
 MAP_FREE = ("cka", "cka_debiased", "mutual_knn", "cknna", "svcca", "pwcca", "rsa")
@@ -32,7 +34,7 @@ def check_metrics(names: list[str]) -> list[str]:
     """The metrics asked for, in :data:`METRICS` order; an unknown name is an error naming the known ones."""
     unknown = [m for m in names if m not in METRICS]
     if unknown:
-        raise SjalignError(f"--metrics: unknown {', '.join(unknown)} (known: {', '.join(METRICS)})")
+        raise OptionError(f"{{metrics}}: unknown {', '.join(unknown)} (known: {', '.join(METRICS)})")
     return [m for m in METRICS if m in names]
 
 
@@ -58,20 +60,26 @@ def map_free_scores(x: np.ndarray, y: np.ndarray, metrics: list[str], *, k: int 
     return {m: fns[m]() for m in metrics if m in fns}
 
 
-def map_scores(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, metrics: list[str], *,
-               lam: float = DEFAULT_LAMBDA) -> dict[str, float]:
-    """Fit ridge W (x → y) on the train pairs, score on the test pairs (standardised with train statistics):
-    R² and retrieval@k (cosine; ``csls@1``: CSLS with 10 neighbours) of Ẑ_y from Ẑ_x Wᵀ."""
-    from sjalign.align import fit_map
+def map_scores(pairs, split, metrics: list[str], *, lam: float = DEFAULT_LAMBDA) -> dict[str, float]:
+    """Fit ridge W (x → y) on the split's train pairs as ``evaluate`` does
+    (:func:`sjalign.protocol.fit_on_split`) and score it on its test pairs (standardised with train
+    statistics): R² and retrieval@k (cosine; ``csls@1``: CSLS with 10 neighbours) of Ẑ_y from Ẑ_x Wᵀ.
+
+    Args:
+        pairs: :class:`sjalign.align.pairing.Pairs` (x the source side).
+        split: :class:`sjalign.protocol.Split` over its rows.
+        metrics: names from :data:`METRICS`; only the map-based ones are computed.
+    """
     from sjalign.metrics.regression import r2
     from sjalign.metrics.similarity import retrieval_at_k
+    from sjalign.protocol import fit_on_split
 
     wanted = [m for m in metrics if m in MAP_BASED]
     if not wanted:
         return {}
-    amap = fit_map(x_tr, y_tr, np.arange(len(x_tr)), method="ridge", lam=lam)
-    zb = amap.standardise_b(y_te)
-    pred = amap.standardise_a(x_te) @ amap.W.T
+    amap = fit_on_split(pairs, split, method="ridge", lam=lam)
+    zb = amap.standardise_b(pairs.y[split.test])
+    pred = amap.standardise_a(pairs.x[split.test]) @ amap.W.T
     n = len(zb)
     out: dict[str, float | None] = {}
     if "r2" in wanted:
@@ -97,7 +105,8 @@ def compare_latents(latents: list, names: list[str], *, metrics=METRICS, k: int 
         progress: called with (name_i, name_j) before each pair.
 
     Returns:
-        ``pairs``: one record per unordered pair ``{"a", "b", "n_shared", "n_train", "n_test", "split",
+        ``pairs``: one record per unordered pair ``{"a", "b", "n_shared", "n_train", "n_test", "split"
+        (:meth:`sjalign.protocol.Split.describe`, as ``evaluate``'s),
         "map_free": {...}, "a_to_b": {...}, "b_to_a": {...}}``, plus ``"layers"`` (:func:`layer_matrices`)
         when both files carry ``layer.*`` tensors; ``matrix``: {metric: (m, m) nested lists},
         map-free ones symmetric with 1 on the diagonal, map-based ones [i][j] = the map from i to j and
@@ -106,7 +115,7 @@ def compare_latents(latents: list, names: list[str], *, metrics=METRICS, k: int 
     Raises:
         SjalignError: fewer than 2 files, a pair with fewer than 2 shared states, or a split with an empty side.
     """
-    from sjalign.data.pairing import pair_by_state_id
+    from sjalign.align.pairing import pair_by_state_id
     from sjalign.protocol import choose_split
 
     if len(latents) < 2:
@@ -125,17 +134,15 @@ def compare_latents(latents: list, names: list[str], *, metrics=METRICS, k: int 
                 raise SjalignError(f"{names[i]} and {names[j]} share {len(paired.state_ids)} state id(s); at least 2 "
                                    "are needed")
             split = choose_split(paired, test_fraction=test_fraction, seed=seed)
-            x_tr, y_tr = paired.x[split.train], paired.y[split.train]
-            x_te, y_te = paired.x[split.test], paired.y[split.test]
-            free = map_free_scores(x_te, y_te, metrics, k=k, knn_metric=knn_metric)
-            forward = map_scores(x_tr, y_tr, x_te, y_te, metrics, lam=lam)
-            backward = map_scores(y_tr, x_tr, y_te, x_te, metrics, lam=lam)
+            free = map_free_scores(paired.x[split.test], paired.y[split.test], metrics, k=k, knn_metric=knn_metric)
+            forward = map_scores(paired, split, metrics, lam=lam)
+            backward = map_scores(dataclasses.replace(paired, x=paired.y, y=paired.x), split, metrics, lam=lam)
             for name, value in free.items():
                 matrix[name][i][j] = matrix[name][j][i] = value
             for name in forward:
                 matrix[name][i][j], matrix[name][j][i] = forward[name], backward[name]
             record = {"a": names[i], "b": names[j], "n_shared": int(len(paired.state_ids)),
-                      "n_train": int(split.train.sum()), "n_test": int(split.test.sum()), "split": split.how,
+                      "n_train": int(split.train.sum()), "n_test": int(split.test.sum()), "split": split.describe(),
                       "map_free": free, "a_to_b": forward, "b_to_a": backward}
             layers = layer_matrices(latents[i], latents[j], paired.state_ids[split.test])
             if layers is not None:
@@ -157,16 +164,16 @@ def layer_matrices(a, b, state_ids: np.ndarray) -> dict | None:
         {layer of a: layer of b}, "best_match_b": {layer of b: layer of a}}``, or None when either file has
         no ``layer.*`` tensors.
     """
-    from sjalign.metrics.cka import linear_cka
+    from sjalign.metrics.cka import linear_cka_matrix
     from sjalign.metrics.similarity import debiased_cka
-    from sjalign.runs import layer_rows
+    from sjalign.protocol import layer_rows
 
     if not getattr(a, "layers", None) or not getattr(b, "layers", None):
         return None
     names_a, xa = layer_rows(a, state_ids)
     names_b, xb = layer_rows(b, state_ids)
     out = {"layers_a": names_a, "layers_b": names_b, "n": int(len(state_ids))}
-    out["cka"] = [[linear_cka(xa[i], xb[j]) for j in names_b] for i in names_a]
+    out["cka"] = linear_cka_matrix([xa[i] for i in names_a], [xb[j] for j in names_b])
     out["cka_debiased"] = [[debiased_cka(xa[i], xb[j]) for j in names_b] for i in names_a]
 
     def best(row: list[float], fallback: list[float]) -> int:

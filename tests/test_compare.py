@@ -52,7 +52,8 @@ def test_compare_matrices(runner, tmp_path, three):
         for i in range(3):
             assert m[name][i][i] == (1.0 if name in ("cka", "cka_debiased", "mutual_knn", "cknna", "svcca", "pwcca",
                                                      "rsa") else None)
-    assert result["pairs"][0]["n_test"] == int(test.sum()) and result["pairs"][0]["split"] == "the files' split tensor"
+    assert result["pairs"][0]["n_test"] == int(test.sum()) and result["pairs"][0]["split"]["how"] == "the files' split tensor"
+    assert result["pairs"][0]["split"]["kind"] == "file" and result["pairs"][0]["split"]["n_test"] == int(test.sum())
     lines = csv.read_text().splitlines()
     assert lines[0] == "metric,a,b,value" and len(lines) == 1 + len(result["metrics"]) * 9
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from sjalign.align import fit_map, load_map, save_map
-from sjalign.data.pairing import pair_by_state_id, random_split
+from sjalign.align.pairing import pair_by_state_id
+from sjalign.protocol import random_split
 from sjalign.errors import FileFormatError, ShapeError, SjalignError
 from sjalign.io import Latents, load_latents, read_safetensors, save_latents, write_safetensors
 

@@ -7,7 +7,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from sjalign.align import fit_map, pseudo_inverse
-from sjalign.data.pairing import Pairs
+from sjalign.align.pairing import Pairs
 from sjalign.errors import SjalignError
 from sjalign.probe import LinearHead, compose_head, train_probe, transfer_probe
 

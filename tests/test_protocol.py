@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import warnings
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import r2_score
 
 from sjalign.align import fit_map, shuffled_map
-from sjalign.data.pairing import Pairs
-from sjalign.errors import SjalignError
+from sjalign.align.pairing import Pairs
+from sjalign.cli.common import FLAGS
+from sjalign.errors import OptionError, SjalignError
 from sjalign.protocol import choose_split, evaluate_pairs, fit_on_split, null_r2_distribution
 
 CPU = "cpu"
@@ -217,7 +220,7 @@ def test_pair_budget_sweep_improves_with_pairs():
     # the last point uses the whole train split: the same as a plain fit
     full = evaluate_pairs(pairs, split, fit_on_split(pairs, split), ks=(5,), permutations=1)
     assert rows[2]["metrics"]["r2"] == pytest.approx(full["metrics"]["r2"], rel=1e-6)
-    with pytest.raises(SjalignError, match="pair-budget"):
+    with pytest.raises(OptionError, match="^budget 321"):
         pair_budget_sweep(pairs, split, (321,), ks=(5,))
 
 
@@ -232,7 +235,7 @@ def test_pair_noise_sweep_degrades_with_mismatch():
     assert r2s[0] > r2s[1] > r2s[2] and r2s[2] < 0.1
     nos = [r["metrics"]["nos@5"] for r in rows]
     assert nos[0] < nos[2]
-    with pytest.raises(SjalignError, match="pair-noise"):
+    with pytest.raises(OptionError, match="^fraction 1.5"):
         pair_noise_sweep(pairs, split, (1.5,), ks=(5,))
 
 
@@ -276,7 +279,7 @@ def test_shift_split_subsets_and_matched_sizes():
 
 def test_run_once_shift_is_worse_than_in_distribution_on_a_planted_shift():
     from sjalign.protocol import Shift
-    from sjalign.runs import EvalOptions, run_once
+    from sjalign.protocol import EvalOptions, run_once
 
     opts = EvalOptions(ks=(5,), permutations=3, device=CPU)
     run = run_once(_labelled_pairs(), opts, shift=Shift((0, 1, 2), (3, 4, 5)))
@@ -290,7 +293,7 @@ def test_run_once_shift_is_worse_than_in_distribution_on_a_planted_shift():
 
 def test_transfer_split_and_control_on_the_same_ids():
     from sjalign.protocol import transfer_split
-    from sjalign.runs import EvalOptions, run_once
+    from sjalign.protocol import EvalOptions, run_once
 
     pairs = _pairs(300)
     split = choose_split(pairs, seed=0)
@@ -318,7 +321,7 @@ def test_transfer_split_and_control_on_the_same_ids():
 
 
 def test_evaluate_runs_mean_std_over_seeds_and_models():
-    from sjalign.runs import EvalOptions, evaluate_runs, summarise_runs
+    from sjalign.protocol import EvalOptions, evaluate_runs, summarise_runs
 
     opts = EvalOptions(ks=(5,), permutations=3, device=CPU)
     models = [_pairs(200, seed=0, noise=0.5), _pairs(200, seed=1, noise=0.5)]
@@ -336,15 +339,16 @@ def test_evaluate_runs_mean_std_over_seeds_and_models():
     file_split = np.zeros(200, dtype=np.uint8)
     file_split[::5] = 1
     fixed = Pairs(models[0].x, models[0].y, models[0].state_ids, None, file_split, 0, 0)
-    with pytest.raises(SjalignError, match="--resplit"):
+    with pytest.raises(OptionError, match="^seeds: .*add use_file_split=False") as err:  # library: fields
         evaluate_runs([fixed], opts, seeds=(0, 1))
+    assert err.value.render(FLAGS).startswith("--seeds: ") and "add --resplit" in err.value.render(FLAGS)  # CLI: flags
     resplit = evaluate_runs([fixed], EvalOptions(ks=(5,), permutations=3, device=CPU, use_file_split=False),
                             seeds=(0, 1))
     assert [r.split.kind for r in resplit] == ["seeded", "seeded"]
     amap = fit_on_split(fixed, choose_split(fixed))
-    with pytest.raises(SjalignError, match="drop --map"):
+    with pytest.raises(OptionError, match="drop amap"):
         evaluate_runs([fixed], opts, seeds=(0, 1), amap=amap)
-    with pytest.raises(SjalignError, match="--map"):
+    with pytest.raises(OptionError, match="^amap: a map belongs to one model pair"):
         evaluate_runs(models, opts, amap=amap)
     with pytest.raises(SjalignError, match="control"):
         evaluate_runs(models, opts, controls=[models[0]] * 3)
@@ -352,7 +356,7 @@ def test_evaluate_runs_mean_std_over_seeds_and_models():
 
 def test_mean_std_and_directions():
     from sjalign.metrics import higher_is_better
-    from sjalign.runs import mean_std
+    from sjalign.protocol import mean_std
 
     assert mean_std([1.0, 3.0, None, float("nan")]) == {"mean": 2.0, "std": pytest.approx(np.sqrt(2)), "n": 2}
     assert mean_std([5.0]) == {"mean": 5.0, "std": 0.0, "n": 1}
@@ -367,7 +371,7 @@ def test_mean_std_and_directions():
 def test_layerwise_cka_matches_linear_cka_and_finds_planted_layers():
     from sjalign.io import Latents
     from sjalign.metrics import linear_cka
-    from sjalign.runs import layerwise_cka
+    from sjalign.protocol import layerwise_cka
 
     rng = np.random.default_rng(4)
     n = 150
@@ -398,3 +402,31 @@ def test_layerwise_cka_matches_linear_cka_and_finds_planted_layers():
 def ortho_group_matrix(d, rng):
     q, r = np.linalg.qr(rng.normal(size=(d, d)))
     return q * np.sign(np.diag(r))
+
+
+def test_a_run_keeps_the_null_it_was_judged_against_and_the_result_is_typed():
+    from sjalign.metrics import score_map
+    from sjalign.protocol import EvalOptions, EvaluateResult, build_result, evaluate_runs, null_map
+
+    pairs = _pairs(200, seed=3, noise=0.5)
+    runs = evaluate_runs([pairs], EvalOptions(ks=(5,), permutations=3, device=CPU), seeds=(0, 1))
+    first = runs[0]
+    refit = null_map(first.pairs, first.split, first.amap, seed=0)
+    np.testing.assert_array_equal(first.null.W, refit.W)  # what a report draws is the null that was scored
+    x_te, y_te = pairs.x[first.split.test], pairs.y[first.split.test]
+    scored = score_map(first.null.W, first.null.standardise_a(x_te), first.null.standardise_b(y_te), ks=(5,),
+                       seed=0, device=CPU)
+    assert first.result["null"]["r2"] == pytest.approx(scored["r2"])
+
+    result = build_result(runs, a_paths=["a.safetensors"], b_paths=["b.safetensors"], encoder_a="pixels",
+                          encoder_b=None, map_path=None, ks=(5,), config={"seed": 0})
+    assert isinstance(result, EvaluateResult) and result.runs == runs
+    out = result.to_json()
+    assert out["metrics"]["r2"] == pytest.approx(np.mean([r.result["metrics"]["r2"] for r in runs]))
+    assert out["seeds"]["runs"] == 2 and out["r2_p_value"] == max(r.result["r2_p_value"] for r in runs)
+    assert out["lambda"] == runs[0].amap.lam and "lam" not in out and "runs" not in out
+    assert "control" not in out and "shift" not in out and "pair_budget" not in out  # absent sections are left out
+    assert list(out)[:9] == ["metrics", "null", "r2_p_value", "permutations", "n_train", "n_test", "split", "ks",
+                             "warnings"]
+    assert out["higher_is_better"]["r2"] is True and out["higher_is_better"]["nos@5"] is False
+    json.dumps(out)  # plain JSON types only

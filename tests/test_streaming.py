@@ -20,7 +20,7 @@ import sjalign.metrics.neighbours as nbmod
 from sjalign.align import IllConditionedWarning, accumulate, fit_map, load_map
 from sjalign.align.moments import Moments
 from sjalign.align.streaming import fit_map_streaming, pair_rows, stream_moments
-from sjalign.data.pairing import pair_by_state_id
+from sjalign.align.pairing import pair_by_state_id
 from sjalign.errors import FileFormatError, ShapeError, SjalignError
 from sjalign.io import Latents, load_latents, read_safetensors, save_latents, write_safetensors
 from sjalign.lazy_io import open_latents, open_latents_set, write_latents_stream

@@ -1,4 +1,4 @@
-"""Alignment maps: streaming moments, ridge / lstsq / orthogonal Procrustes, map files."""
+"""Alignment maps: pairing by state id, streaming moments, ridge / lstsq / orthogonal Procrustes, map files."""
 
 from sjalign.align.mapfile import check_encoder, check_pair, check_source, fitted_on, load_map, map_direction, save_map
 from sjalign.align.maps import (

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.linalg
 
 from sjalign.align.moments import Standardised, accumulate
-from sjalign.errors import ShapeError, SjalignError
+from sjalign.errors import OptionError, ShapeError, SjalignError
 
 METHODS = ("ridge", "lstsq", "procrustes")
 DEFAULT_LAMBDA = 1e-3
@@ -140,7 +140,7 @@ def map_from_moments(std: Standardised, train_state_ids: np.ndarray, *, method: 
     if method not in METHODS:
         raise SjalignError(f"unknown map method '{method}' (use {', '.join(METHODS)})")
     if lam < 0:
-        raise SjalignError(f"--lambda must be >= 0, got {lam}")
+        raise OptionError(f"{{lam}} must be >= 0, got {lam}")
     info: dict = {}
     d_a = len(std.c_aa)
     if method == "lstsq" and lstsq_fallback and std.n < d_a:
@@ -189,7 +189,7 @@ def choose_lambda(x: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0
     """
     n = len(x)
     if n < 2 * folds:
-        raise SjalignError(f"--lambda auto needs at least {2 * folds} training pairs, got {n}")
+        raise OptionError(f"{{lam}} auto needs at least {2 * folds} training pairs, got {n}")
     fold_of = np.random.default_rng(seed).permutation(n) % folds
     scores = {lam: 0.0 for lam in grid}
     for f in range(folds):
@@ -225,7 +225,7 @@ def fit_map(x: np.ndarray, y: np.ndarray, train_state_ids: np.ndarray, *, method
     info = {}
     if lam == "auto":
         if method != "ridge":
-            raise SjalignError("--lambda auto applies to --method ridge only")
+            raise OptionError("{lam} auto applies to {method} ridge only")
         lam, scores = choose_lambda(x, y, seed=seed)
         info["lambda_cv_mse"] = {f"{k:g}": v for k, v in scores.items()}
     amap = map_from_moments(accumulate(x, y, chunk=chunk).standardised(), train_state_ids, method=method,

@@ -34,7 +34,7 @@ import numpy as np
 
 from sjalign.align.maps import DEFAULT_LAMBDA, LAMBDA_GRID, AlignmentMap, map_from_moments, solve_ridge
 from sjalign.align.moments import Moments, chunk_sums
-from sjalign.errors import ShapeError, SjalignError
+from sjalign.errors import OptionError, ShapeError, SjalignError
 from sjalign.lazy_io import DEFAULT_CHUNK_ROWS, LatentsSet
 
 PRECISIONS = ("float32", "float64")
@@ -62,9 +62,9 @@ class PairedRows:
     dropped_b: int
 
     def as_pairs(self):
-        """A :class:`sjalign.data.pairing.Pairs` with zero-width latents, for the id-level split rules
+        """A :class:`sjalign.align.pairing.Pairs` with zero-width latents, for the id-level split rules
         of :func:`sjalign.protocol.choose_split` (which reads only ``state_ids`` and ``split``)."""
-        from sjalign.data.pairing import Pairs
+        from sjalign.align.pairing import Pairs
 
         n = len(self.state_ids)
         empty = np.empty((n, 0), np.float32)
@@ -75,12 +75,12 @@ class PairedRows:
 def pair_rows(a: LatentsSet, b: LatentsSet) -> PairedRows:
     """Join two latent sets on state id; row order in the files does not matter.
 
-    Same rules and messages as :func:`sjalign.data.pairing.pair_by_state_id`.
+    Same rules and messages as :func:`sjalign.align.pairing.pair_by_state_id`.
 
     Raises:
         SjalignError: no shared ids, or shared ids whose labels or splits disagree.
     """
-    from sjalign.data.pairing import join_state_ids
+    from sjalign.align.pairing import join_state_ids
 
     shared, ia, ib, labels, split = join_state_ids(a, b)
     rows_a = ia.astype(_row_dtype(a.n), copy=False)
@@ -138,7 +138,7 @@ def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.
     from threadpoolctl import threadpool_limits
 
     if precision not in PRECISIONS:
-        raise SjalignError(f"--precision '{precision}': use float32 or float64")
+        raise OptionError(f"{{precision}} '{precision}': use float32 or float64")
     dtype = np.dtype(precision)
     rows_a, rows_b = np.asarray(rows_a), np.asarray(rows_b)
     if rows_a.dtype.kind not in "iu" or rows_b.dtype.kind not in "iu" or rows_a.shape != rows_b.shape:
@@ -305,9 +305,9 @@ def fit_map_streaming(a: LatentsSet, b: LatentsSet, paired: PairedRows, train: n
     info: dict = {"precision": precision, "chunk_rows": int(chunk)}
     if lam == "auto":
         if method != "ridge":
-            raise SjalignError("--lambda auto applies to --method ridge only")
+            raise OptionError("{lam} auto applies to {method} ridge only")
         if n < 2 * folds:
-            raise SjalignError(f"--lambda auto needs at least {2 * folds} training pairs, got {n}")
+            raise OptionError(f"{{lam}} auto needs at least {2 * folds} training pairs, got {n}")
         fold_of = np.random.default_rng(seed).permutation(n) % folds  # as choose_lambda, over ids in order
         parts = stream_moments(a, b, rows_a, rows_b, chunk=chunk, precision=precision, groups=fold_of,
                                n_groups=folds, progress=progress)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable
 import typer
 from rich.console import Console
 
-from sjalign.errors import SjalignError
+from sjalign.errors import OptionError, SjalignError
 
 console = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)  # progress and notes (-q hushes)
 class _PipedConsole(Console):
@@ -130,6 +130,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     _alerts.print(f"[yellow]warning:[/] {escape(str(message))}")
 
 
+# How the command line names the library's option fields (sjalign.errors.OptionError placeholders)
+FLAGS = {"amap": "--map", "ks": "--k", "knn_metric": "--knn-metric", "lam": "--lambda", "method": "--method",
+         "metrics": "--metrics", "pair_budget": "--pair-budget", "pair_noise": "--pair-noise",
+         "precision": "--precision", "resplit": "--resplit", "seeds": "--seeds", "shift": "--shift",
+         "test_fraction": "--test-fraction"}
+
+
+def error_text(exc: SjalignError) -> str:
+    """An error's one line as the command line says it (an OptionError's fields named by their flags)."""
+    return exc.render(FLAGS) if isinstance(exc, OptionError) else str(exc)
+
+
 def cli_command(fn: Callable) -> Callable:
     """Wrap a command: SjalignError / OSError -> one line + exit 1 (traceback only with SJALIGN_DEBUG=1)."""
 
@@ -151,7 +163,7 @@ def cli_command(fn: Callable) -> Callable:
         except SjalignError as exc:
             if debug():
                 raise
-            error_line(str(exc))
+            error_line(error_text(exc))
             raise typer.Exit(1) from None
         except OSError as exc:
             if debug():

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from sjalign.cli.common import (
-    DeviceOpt, ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, console, emit_json, is_stdout, output_path, parse_ks,
+    DeviceOpt, ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, console, emit_json, error_text, is_stdout, output_path, parse_ks,
     parse_latents_list, to_json, write_text_output,
 )
 from sjalign.cli.fit_map import LambdaOpt, MethodOpt, TestFracOpt, resolve_lambda
@@ -98,7 +98,7 @@ def parse_shift(text: str):
 
 def load_model_pairs(a_paths: list[Path], b_paths: list[Path]):
     """Read file i of A and file i of B and pair them by state id; returns ([Latents A], [Latents B], [Pairs])."""
-    from sjalign.data.pairing import pair_by_state_id
+    from sjalign.align.pairing import pair_by_state_id
     from sjalign.io import load_latents
 
     if len(a_paths) != len(b_paths):
@@ -189,47 +189,6 @@ def print_sweep(rows: list[dict], name: str, label: str) -> None:
     console.print(table)
 
 
-def assemble_result(runs, *, a_paths, b_paths, lat_a, lat_b, config: EvaluateConfig, control_paths) -> dict:
-    """The JSON result: the first run's keys (SPEC §1), plus mean ± std when there are several runs."""
-    from sjalign.metrics import higher_is_better
-    from sjalign.runs import summarise_runs
-
-    first = runs[0]
-    result = dict(first.result)
-    if len(runs) > 1:
-        summary = summarise_runs(runs)
-        result["seeds"] = summary
-        # several runs: the headline numbers are means; per-run values are in seeds.per_run
-        result["metrics"] = {k: v["mean"] for k, v in summary["metrics"].items()}
-        result["null"] = {k: v["mean"] for k, v in summary["null"].items()}
-        result["r2_p_value"] = max(r.result["r2_p_value"] for r in runs)  # the most conservative run
-        for key in ("control", "in_distribution"):
-            if key in summary:
-                result[key] = {**result[key], "metrics": {k: v["mean"] for k, v in summary[key].items()}}
-        result["warnings"] = list(dict.fromkeys(w for r in runs for w in r.result["warnings"]))
-    if "control" in result:
-        result["control"] = {**result["control"], "a": [str(p) for p in control_paths[0]],
-                             "b": [str(p) for p in control_paths[1]]}
-        result["warnings"] = result["warnings"] + [w for w in result["control"]["warnings"]
-                                                   if w not in result["warnings"]]
-    amap = first.amap
-    result.update({
-        "direction": "a->b", "mapped": "A onto B's space: z_b ≈ W z_a, W (d_b, d_a)",
-        "a": ",".join(map(str, a_paths)), "b": ",".join(map(str, b_paths)), "d_a": amap.d_a, "d_b": amap.d_b,
-        "encoder_a": lat_a[0].metadata.get("encoder"), "encoder_b": lat_b[0].metadata.get("encoder"),
-        "map": config.map, "method": amap.method, "lambda": amap.lam, "ks": list(config.ks),
-        "higher_is_better": higher_is_better(result["metrics"]),
-        "dropped": {"a": first.pairs.dropped_a, "b": first.pairs.dropped_b},
-        "config": dataclasses.asdict(config),
-    })
-    if config.shift is not None:
-        inside = first.result["in_distribution"]
-        result["shift"] = {"train_classes": list(config.shift["train_classes"]),
-                           "test_classes": sorted({int(c) for c in first.pairs.labels[first.split.test]}),
-                           "in_distribution_n_train": inside["n_train"]}
-    return result
-
-
 @cli_command
 def evaluate_command(
     a_arg: Annotated[str, typer.Argument(metavar="A", help="Source latents (.safetensors); several comma-separated files = models of different seeds, file i paired with file i of B.")],
@@ -276,8 +235,10 @@ def evaluate_command(
     from sjalign.align import METHODS, check_pair, check_source, load_map
     from sjalign.cli.common import check_choice, check_device, check_fraction, flag_conflicts
     from sjalign.io import check_output
-    from sjalign.protocol import DEFAULT_KS, choose_split, pair_budget_sweep, pair_noise_sweep
-    from sjalign.runs import EvalOptions, default_budgets, evaluate_runs, layerwise_cka
+    from sjalign.protocol import (
+        DEFAULT_KS, EvalOptions, build_result, choose_split, default_budgets, evaluate_runs, layerwise_cka,
+        pair_budget_sweep, pair_noise_sweep,
+    )
 
     ks = parse_ks(k or ",".join(map(str, DEFAULT_KS)))
     budgets = parse_list(pair_budget, int, "--pair-budget")
@@ -328,7 +289,7 @@ def evaluate_command(
         try:
             choose_split(models[0], train_state_ids=amap.train_state_ids)
         except SjalignError as exc:
-            raise SjalignError(f"{map_path}: {exc}") from None
+            raise SjalignError(f"{map_path}: {error_text(exc)}") from None
     controls, control_names = None, None
     if c_paths is not None:
         _, _, controls = load_model_pairs(*c_paths)
@@ -347,36 +308,38 @@ def evaluate_command(
                             None if c_paths is None else tuple(map(str, c_paths[0])),
                             None if c_paths is None else tuple(map(str, c_paths[1])),
                             None if report is None else str(report))
-    result = assemble_result(runs, a_paths=a_paths, b_paths=b_paths, lat_a=lat_a, lat_b=lat_b, config=config,
-                             control_paths=c_paths)
+    result = build_result(runs, a_paths=a_paths, b_paths=b_paths, encoder_a=lat_a[0].metadata.get("encoder"),
+                          encoder_b=lat_b[0].metadata.get("encoder"), map_path=config.map, ks=ks,
+                          config=dataclasses.asdict(config), control_paths=c_paths,
+                          shift_train_classes=None if shift_spec is None else shift_spec.train_classes)
     sweep_kw = dict(**first.amap.refit_options(), ks=ks, seed=split_seeds[0], device=device,
                     dsc_points=dsc_points)
     if budgets:
-        result["pair_budget"] = pair_budget_sweep(first.pairs, first.split, budgets, **sweep_kw)
+        result.pair_budget = pair_budget_sweep(first.pairs, first.split, budgets, **sweep_kw)
     if noises:
-        result["pair_noise"] = pair_noise_sweep(first.pairs, first.split, noises, **sweep_kw)
+        result.pair_noise = pair_noise_sweep(first.pairs, first.split, noises, **sweep_kw)
     if report is not None:
         from sjalign.report import write_report
 
-        curves = {"map": result["pair_budget"]}
+        curves = {"map": result.pair_budget}
         if first.control is not None:
             c_pairs, c_split, _ = first.control
             c_budgets = [b for b in budgets if b <= c_split.train.sum()]
             if c_budgets:
                 curves["control"] = pair_budget_sweep(c_pairs, c_split, c_budgets, **sweep_kw)
         layers = layerwise_cka(lat_a[0], lat_b[0], first.pairs.state_ids[first.split.test], seed=split_seeds[0])
-        if layers is not None:
-            result["layer_cka"] = layers
-        clean = json.loads(to_json(result))
+        result.layer_cka = layers
+        clean = json.loads(to_json(result.to_json()))
         write_report(report, clean, first, budget_curves=curves, layer_cka=layers, force=force, seed=split_seeds[0])
+    out = result.to_json()
     if output is not None:
-        write_text_output(output, to_json(result) + "\n", replace=True)
+        write_text_output(output, to_json(out) + "\n", replace=True)
     if json_out:
-        emit_json(result)
+        emit_json(out)
     else:
-        print_report(result)
+        print_report(out)
         for key, label in (("pair_budget", "n_train"), ("pair_noise", "noise")):
-            if key in result:
-                print_sweep(result[key], key, label)
+            if key in out:
+                print_sweep(out[key], key, label)
         if report is not None:
             console.print(f"wrote {report}/index.html")

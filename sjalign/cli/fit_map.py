@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from sjalign.cli.common import ForceOpt, JsonOpt, OutOpt, SeedOpt, cli_command, console, emit_json, parse_lambda
+from sjalign.cli.common import ForceOpt, JsonOpt, OutOpt, SeedOpt, cli_command, console, emit_json, error_text, parse_lambda
 
 MethodOpt = Annotated[str | None, typer.Option(
     "--method", help="ridge (default), lstsq (λ = 0, pseudoinverse) or procrustes; not with --map.")]
@@ -57,7 +57,7 @@ def resolve_lambda(method: str, lam: str | None) -> float | str:
 
 def load_pairs(a_path: Path, b_path: Path):
     """Read both latents files and pair them by state id, saying how many ids were dropped."""
-    from sjalign.data.pairing import pair_by_state_id
+    from sjalign.align.pairing import pair_by_state_id
     from sjalign.io import load_latents
 
     a, b = load_latents(a_path), load_latents(b_path)
@@ -105,7 +105,7 @@ def _fit(a_paths, b_paths, method: str, lam: float, test_fraction: float, seed: 
     try:
         split = choose_split(paired.as_pairs(), test_fraction=test_fraction, seed=seed)
     except SjalignError as exc:
-        raise SjalignError(f"{a_set.name} and {b_set.name}: {exc}") from None
+        raise SjalignError(f"{a_set.name} and {b_set.name}: {error_text(exc)}") from None
     n_train = int(split.train.sum())
     bar, advance = _progress(n_train, not quiet)
     with bar:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sjalign.cli.common import ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, console, emit_json, output_path
+from sjalign.cli.common import ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, console, emit_json, error_text, output_path
 from sjalign.cli.fit_map import load_pairs
 
 
@@ -49,7 +49,7 @@ def transfer_probe_command(
     try:
         split = choose_split(pairs, train_state_ids=amap.train_state_ids)
     except SjalignError as exc:
-        raise SjalignError(f"{map_path}: {exc}") from None
+        raise SjalignError(f"{map_path}: {error_text(exc)}") from None
     from sjalign.probe import transfer_probe
 
     if direction == "b->a":

@@ -1,4 +1,4 @@
-"""Datasets, views and the pairing of states across files.
+"""Datasets and views: the states sjalign embeds (pairing across latents files lives in sjalign.align.pairing).
 
 ``--dataset`` is a registered name or a path:
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sjalign.errors import ShapeError, SjalignError
+from sjalign.errors import OptionError, ShapeError, SjalignError
 
 MAX_KERNEL_ROWS = 10_000
 KNN_METRICS = ("cosine", "euclidean")
@@ -102,7 +102,7 @@ def mutual_knn(x: np.ndarray, y: np.ndarray, k: int = 10, *, metric: str = "cosi
 
     x, y = _pair(x, y, "mutual kNN")
     if metric not in KNN_METRICS:
-        raise SjalignError(f"--knn-metric must be one of {', '.join(KNN_METRICS)}, got {metric!r}")
+        raise OptionError(f"{{knn_metric}} must be one of {', '.join(KNN_METRICS)}, got {metric!r}", knn_metric="metric")
     if metric == "cosine":
         x, y = _unit_rows(x), _unit_rows(y)
     nx = torch.from_numpy(knn_indices(x, k, device=device))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sjalign.align import AlignmentMap
-from sjalign.data.pairing import Pairs
+from sjalign.align.pairing import Pairs
 from sjalign.errors import SjalignError
 
 

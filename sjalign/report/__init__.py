@@ -56,15 +56,14 @@ def report_figures(result: dict, run, *, budget_curves: dict | None = None, laye
 
     Args:
         result: the evaluate result (JSON shape).
-        run: the first :class:`sjalign.runs.Run` (its pairs, split, map and control).
+        run: the first :class:`sjalign.protocol.Run` (its pairs, split, map, null map and control).
         budget_curves: {"map": pair_budget rows, "control": rows} or None.
-        layer_cka: :func:`sjalign.runs.layerwise_cka` output or None.
+        layer_cka: :func:`sjalign.protocol.layerwise_cka` output or None.
 
     Returns:
         [(file name, title, caption, PNG bytes)], in reading order.
     """
     from sjalign.metrics import kappa
-    from sjalign.protocol import null_map
     from sjalign.report import figures as F
 
     pairs, split, amap = run.pairs, run.split, run.amap
@@ -83,7 +82,7 @@ def report_figures(result: dict, run, *, budget_curves: dict | None = None, laye
         f"first two principal components of B's test latents. Grey lines join {len(data['lines'])} sampled pairs; "
         "short lines on the right mean the map puts each state where B has it.", F.fig_pca_pairs(data))
 
-    maps = {"map": amap.W, "null": null_map(pairs, split, amap, seed=seed).W}
+    maps = {"map": amap.W, "null": run.null.W}  # the null the run was judged against, not a refit
     if run.control is not None:
         maps["control"] = run.control[2].W
     kappas = {name: kappa(w) for name, w in maps.items()}

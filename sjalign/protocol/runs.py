@@ -1,6 +1,6 @@
 """evaluate's runs: one fit + score per model seed × split seed, with controls, summarised.
 
-Built on :mod:`sjalign.protocol` (split, fit, score beside the null); the CLI's ``--seeds``,
+Built on :mod:`sjalign.protocol.split` and :mod:`sjalign.protocol.score`; the CLI's ``--seeds``,
 several files per side, ``--control-a/-b``, ``--shift`` and the layerwise CKA of ``--report``.
 """
 
@@ -11,11 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from sjalign.align import AlignmentMap
-from sjalign.data.pairing import Pairs
-from sjalign.errors import SjalignError
+from sjalign.align.pairing import Pairs
+from sjalign.errors import OptionError, SjalignError
 from sjalign.io import Latents
 from sjalign.metrics import DEFAULT_KS
-from sjalign.protocol import Shift, Split, choose_split, evaluate_pairs, fit_on_split, shift_split, transfer_split
+from sjalign.metrics.cka import linear_cka_matrix
+from sjalign.protocol.score import evaluate_pairs, fit_on_split, null_map
+from sjalign.protocol.split import Shift, Split, choose_split, shift_split, transfer_split
 
 @dataclass(frozen=True)
 class EvalOptions:
@@ -40,6 +42,7 @@ class Run:
         result: the :func:`evaluate_pairs` dict, plus ``split_seed``, ``model`` and, when asked,
             ``control`` and ``in_distribution`` (each {"metrics", "n_train", "n_test", "warnings"}).
         pairs, split, amap: the paired latents, the split and the map that was judged.
+        null: the shuffled-pair null map it was judged against.
         control: (pairs, split, map) of the random-init control, or None.
     """
 
@@ -47,6 +50,7 @@ class Run:
     pairs: Pairs
     split: Split
     amap: AlignmentMap
+    null: AlignmentMap
     control: tuple[Pairs, Split, AlignmentMap] | None = None
 
 
@@ -71,13 +75,14 @@ def run_once(pairs: Pairs, opts: EvalOptions, *, seed: int = 0, amap: AlignmentM
     if amap is None:
         amap = fit_on_split(pairs, split, method=opts.method, lam=opts.lam, seed=seed)
     kw = dict(ks=opts.ks, seed=seed, device=opts.device, dsc_points=opts.dsc_points, trim_ks=opts.trim_ks)
-    result = evaluate_pairs(pairs, split, amap, permutations=opts.permutations, **kw)
+    nmap = null_map(pairs, split, amap, seed=seed)
+    result = evaluate_pairs(pairs, split, amap, permutations=opts.permutations, null=nmap, **kw)
     result.update(split_seed=seed if split.seed is not None else None, model=model)
     if in_split is not None:
         in_map = fit_on_split(pairs, in_split, **amap.refit_options())
         res = evaluate_pairs(pairs, in_split, in_map, with_null=False, **kw)
         result["in_distribution"] = {key: res[key] for key in ("metrics", "n_train", "n_test", "split", "warnings")}
-    run = Run(result, pairs, split, amap)
+    run = Run(result, pairs, split, amap, nmap)
     if control is not None:
         c_split, lacking = transfer_split(split, pairs, control, name=control_name)
         c_map = fit_on_split(control, c_split, **amap.refit_options())
@@ -109,18 +114,19 @@ def evaluate_runs(models: list[Pairs], opts: EvalOptions, *, seeds=(0,), amap: A
     """
     seeds = tuple(dict.fromkeys(seeds))
     if amap is not None and len(models) > 1:
-        raise SjalignError("--map belongs to one model pair; with several latents files per side, drop --map "
-                           "and let evaluate fit one map per model")
+        raise OptionError("{amap}: a map belongs to one model pair; with several latents files per side, drop {amap} "
+                          "and let evaluate fit one map per model")
     if len(seeds) > 1:
         first = choose_split(models[0], test_fraction=opts.test_fraction, seed=seeds[0],
                              use_file_split=opts.use_file_split,
                              train_state_ids=None if amap is None else amap.train_state_ids)
         if first.kind == "map":
-            raise SjalignError("--seeds: the map's train ids fix the split, so split seeds change nothing; "
-                               "drop --map to fit one map per split seed")
+            raise OptionError("{seeds}: the map's train ids fix the split, so split seeds change nothing; "
+                              "drop {amap} to fit one map per split seed")
         if first.kind == "file":
-            raise SjalignError("--seeds: the latents carry a fixed train/test split (their 'split' tensor), so "
-                               "split seeds change nothing; add --resplit to draw seeded splits by state id")
+            raise OptionError("{seeds}: the latents carry a fixed train/test split (their 'split' tensor), so "
+                              "split seeds change nothing; add {resplit} to draw seeded splits by state id",
+                              resplit="use_file_split=False")
     if controls is not None and len(controls) not in (1, len(models)):
         raise SjalignError(f"{len(controls)} control latents files per side for {len(models)} models: give one, "
                            f"or one per model")
@@ -169,12 +175,6 @@ def summarise_runs(runs: list[Run]) -> dict:
     return out
 
 
-def default_budgets(n_train: int, *, points: int = 6, smallest: int = 32) -> tuple[int, ...]:
-    """Pair budgets for a report's curve: ``points`` geometric steps from min(smallest, n_train) to n_train."""
-    low = max(2, min(smallest, n_train))
-    return tuple(sorted({int(round(v)) for v in np.geomspace(low, n_train, points)}))
-
-
 def layer_rows(lat: Latents, state_ids: np.ndarray) -> tuple[list[str], dict[str, np.ndarray]]:
     """A latents file's layer names in depth order (numeric first) and each layer's rows of ``state_ids``
     (ids the file holds, in that order): ({name: (m, d_l)})."""
@@ -188,9 +188,8 @@ def layerwise_cka(a: Latents, b: Latents, state_ids: np.ndarray, *, max_points: 
                   seed: int = 0) -> dict | None:
     """Linear CKA between every layer of A and every layer of B on the states ``state_ids``.
 
-    Uses the Gram form CKA = ⟨K̃a, K̃b⟩_F / (‖K̃a‖_F ‖K̃b‖_F) with K̃ = X̃X̃ᵀ of column-centred
-    X̃ (equal to ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F), Kornblith et al. 2019, arXiv:1905.00414), over a
-    seeded subsample of at most ``max_points`` states; no map is needed (CKA is invariant to
+    :func:`sjalign.metrics.cka.linear_cka_matrix` (Kornblith et al. 2019, arXiv:1905.00414) over
+    a seeded subsample of at most ``max_points`` states; no map is needed (CKA is invariant to
     orthogonal transforms and isotropic scaling).
 
     Args:
@@ -207,18 +206,7 @@ def layerwise_cka(a: Latents, b: Latents, state_ids: np.ndarray, *, max_points: 
     if len(ids) > max_points:
         ids = np.sort(np.random.default_rng(seed).choice(ids, max_points, replace=False))
 
-    def grams(lat: Latents) -> tuple[list[str], list[np.ndarray]]:
-        names, layers = layer_rows(lat, ids)
-        out = []
-        for name in names:
-            x = layers[name].astype(np.float64)
-            x -= x.mean(0)
-            k = x @ x.T  # (m, m)
-            norm = np.linalg.norm(k)
-            out.append(k / norm if norm > 0 else k * np.nan)
-        return names, out
-
-    names_a, ka = grams(a)
-    names_b, kb = grams(b)
-    cka = [[float(np.sum(x * y)) for y in kb] for x in ka]
+    names_a, xa = layer_rows(a, ids)
+    names_b, xb = layer_rows(b, ids)
+    cka = linear_cka_matrix([xa[name] for name in names_a], [xb[name] for name in names_b])
     return {"layers_a": names_a, "layers_b": names_b, "cka": cka, "n": int(len(ids))}

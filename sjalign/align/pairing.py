@@ -1,8 +1,7 @@
-"""Pair rows of two latents files by state id, and split pairs into train/test by state id."""
+"""Pair rows of two latents files by state id (the split of pairs is :mod:`sjalign.protocol.split`)."""
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,27 +81,3 @@ def pair_by_state_id(a: Latents, b: Latents) -> Pairs:
     shared, ia, ib, labels, split = join_state_ids(a, b)
     return Pairs(a.latents[ia], b.latents[ib], shared, labels, split,
                  dropped_a=len(a.state_ids) - len(shared), dropped_b=len(b.state_ids) - len(shared))
-
-
-def random_split(state_ids: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
-    """Seeded train/test split by state id.
-
-    Each id gets a key from a hash of (seed, id); the round(test_fraction * n) ids with
-    the smallest keys are test. The assignment does not depend on row order, and a
-    state's key does not depend on which other states are present.
-
-    Returns:
-        (n,) uint8, 1 = test.
-
-    Raises:
-        SjalignError: the fraction leaves an empty train or test side.
-    """
-    n = len(state_ids)
-    n_test = int(round(test_fraction * n)) if 0.0 < test_fraction < 1.0 else 0  # NaN fails the test too
-    if n_test < 1 or n_test >= n:
-        raise SjalignError(f"--test-fraction {test_fraction} leaves no train or no test pairs out of {n}")
-    keys = np.array([zlib.crc32(np.array([seed, s], dtype=np.int64).tobytes()) for s in state_ids], dtype=np.uint64)
-    order = np.lexsort((state_ids, keys))
-    split = np.zeros(n, dtype=np.uint8)
-    split[order[:n_test]] = 1
-    return split

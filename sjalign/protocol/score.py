@@ -1,0 +1,151 @@
+"""Fit on the train pairs, score on the test pairs beside the shuffled-pair null (SPEC §4).
+
+Pure functions over arrays; the CLI only reads files and prints what these return.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.linalg
+
+from sjalign.align import AlignmentMap, Standardised, accumulate, fit_map, shuffled_map
+from sjalign.align.maps import solve_procrustes
+from sjalign.align.pairing import Pairs
+from sjalign.errors import OptionError, SjalignError
+from sjalign.metrics import DEFAULT_KS, effective_rank, r2, score_map
+from sjalign.protocol.split import Split
+
+LOW_RANK_FRACTION = 0.1
+# Figures of the latents alone, the same whatever the map: the null column leaves them out
+MAP_FREE_KEYS = ("cka_raw", "eff_rank_a", "eff_rank_b")
+
+
+def fit_on_split(pairs: Pairs, split: Split, *, method: str = "ridge", lam: float | str = 1e-3,
+                 seed: int = 0) -> AlignmentMap:
+    """Fit a map on the train pairs of ``split``; warnings (κ, constant features) go through ``warnings``."""
+    tr = split.train
+    return fit_map(pairs.x[tr], pairs.y[tr], pairs.state_ids[tr], method=method, lam=lam, seed=seed)
+
+
+def null_map(pairs: Pairs, split: Split, amap: AlignmentMap, *, seed: int = 0) -> AlignmentMap:
+    """The shuffled-pair null: ``amap``'s method and λ refitted on train pairs whose targets are permuted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return shuffled_map(pairs.x[split.train], pairs.y[split.train], amap.train_state_ids, seed=seed + 1,
+                            **amap.refit_options())
+
+
+def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT_KS, permutations: int = 99,
+                   seed: int = 0, device="auto", dsc_points: int = 2000, with_null: bool = True,
+                   trim_ks: bool = False, null: AlignmentMap | None = None) -> dict:
+    """Score ``amap`` on the test pairs beside the shuffled-pair null (SPEC §4).
+
+    Args:
+        pairs: paired raw latents.
+        split: train/test masks; train statistics come from ``amap``.
+        amap: the map to judge (fitted on ``split.train``).
+        permutations: number of shuffled-pair refits for the R² permutation p-value.
+        with_null: False skips the null and the p-value (``null`` and ``r2_p_value`` are None),
+            for controls that are themselves judged against the main map's null.
+        trim_ks: drop the k ≥ n_test with a warning instead of raising (for the default ``ks``
+            on a small test split); the ks used are returned under ``ks``.
+        null: the shuffled-pair null map (:func:`null_map` with this ``seed``) when the caller
+            keeps it (a report draws its spectrum); None fits it here.
+
+    Returns:
+        A dict in the JSON shape of SPEC §1: metrics, null, n_train, n_test, r2_p_value,
+        permutations, split (its ``describe()``), ks, warnings.
+
+    Raises:
+        SjalignError: map dimensions that do not fit the latents, or a k ≥ n_test (unless
+            ``trim_ks`` and some k < n_test remain).
+    """
+    if amap.d_a != pairs.x.shape[1] or amap.d_b != pairs.y.shape[1]:
+        raise SjalignError(f"the map is {amap.d_a} -> {amap.d_b} but the latents are "
+                           f"{pairs.x.shape[1]} -> {pairs.y.shape[1]}")
+    x_tr, y_tr = pairs.x[split.train], pairs.y[split.train]
+    x_te, y_te = pairs.x[split.test], pairs.y[split.test]
+    n_test = len(x_te)
+    notes: list[str] = []
+    bad_k = [k for k in ks if not 1 <= k < n_test]
+    if bad_k and trim_ks and len(bad_k) < len(ks):
+        ks = tuple(k for k in ks if k not in bad_k)
+        notes.append(f"only {n_test} test pairs: NOS@k for k = {','.join(map(str, bad_k))} left out")
+    elif bad_k:
+        raise OptionError(f"{{ks}} {','.join(map(str, bad_k))}: each k must be between 1 and n_test - 1 = {n_test - 1}")
+    std = accumulate(x_tr, y_tr).standardised()
+    q = solve_procrustes(std.c_ab)
+    za, zb = amap.standardise_a(x_te), amap.standardise_b(y_te)
+    kw = dict(ks=ks, q=q, dsc_points=dsc_points, seed=seed, device=device)
+    metrics = score_map(amap.W, za, zb, **kw)
+
+    null, p_value, n_perm = None, None, 0
+    if with_null:
+        nmap = null if null is not None else null_map(pairs, split, amap, seed=seed)
+        null = score_map(nmap.W, nmap.standardise_a(x_te), nmap.standardise_b(y_te), **kw)
+        for key in MAP_FREE_KEYS:  # they do not depend on the map: the null has none of its own
+            null.pop(key, None)
+        null_r2 = null_r2_distribution(x_tr, y_tr, x_te, y_te, permutations=permutations, seed=seed + 1, std=std,
+                                       **amap.refit_options())
+        p_value = (1 + sum(v >= metrics["r2"] for v in null_r2)) / (1 + len(null_r2))
+        n_perm = len(null_r2)
+
+    zb_tr = (y_tr - std.b_mean) / std.b_std
+    eff_a = effective_rank(std.c_aa)
+    eff_b = effective_rank(zb_tr.T @ zb_tr / len(zb_tr))
+    for side, eff, d in (("a", eff_a, amap.d_a), ("b", eff_b, amap.d_b)):
+        if eff < LOW_RANK_FRACTION * d:
+            notes.append(f"latents {side} are nearly rank-deficient (effective rank {eff:.1f} of {d}): R² and CKA "
+                         "are inflated by a few global factors and κ means little; judge by retrieval@1 and NOS@k "
+                         "against the null")
+    for side, idx in (("a", std.constant_a), ("b", std.constant_b)):
+        if len(idx):
+            notes.append(f"latents {side}: {len(idx)} constant feature(s) on the train split (std 0), left at 0")
+    metrics.update(eff_rank_a=eff_a, eff_rank_b=eff_b)
+    return {
+        "metrics": metrics,
+        "null": null,
+        "r2_p_value": p_value,
+        "permutations": n_perm,
+        "n_train": int(split.train.sum()),
+        "n_test": n_test,
+        "split": split.describe(),
+        "ks": list(ks),
+        "warnings": notes,
+    }
+
+
+def null_r2_distribution(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, *, method: str,
+                         lam: float, permutations: int, seed: int, std: Standardised | None = None) -> list[float]:
+    """Held-out R² of maps refitted on shuffled training pairs, one per permutation.
+
+    Permuting target rows leaves the train statistics and C_aa unchanged, so for ridge and
+    lstsq the test projection G = Ẑa_test (C_aa + λI)⁻¹ is computed once and each shuffle
+    costs one product: P = G · Ẑa_trainᵀ Ẑb_train[perm] / n. Permutation ``i`` uses the
+    generator seeded ``seed + i``, the same draw as :func:`sjalign.align.shuffled_map`.
+    ``std``: the train split's standardised moments, when the caller has them already.
+    """
+    std = std if std is not None else accumulate(x_tr, y_tr).standardised()
+    za_tr, zb_tr = (x_tr - std.a_mean) / std.a_std, (y_tr - std.b_mean) / std.b_std
+    za_te, zb_te = (x_te - std.a_mean) / std.a_std, (y_te - std.b_mean) / std.b_std
+    n = len(za_tr)
+    if method != "procrustes":
+        a = std.c_aa + lam * np.eye(len(std.c_aa))
+        try:
+            if lam <= 0:
+                raise np.linalg.LinAlgError
+            g = scipy.linalg.solve(a, za_te.T, assume_a="pos").T
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+            g = za_te @ np.linalg.pinv(a, rcond=1e-10, hermitian=True)
+    out = []
+    for i in range(permutations):
+        perm = np.random.default_rng(seed + i).permutation(n)
+        c_ab = za_tr.T @ zb_tr[perm] / n  # (d_a, d_b)
+        if method == "procrustes":
+            pred = za_te @ solve_procrustes(c_ab).T
+        else:
+            pred = g @ c_ab
+        out.append(r2(zb_te, pred))
+    return out
