@@ -137,6 +137,24 @@ FLAGS = {"amap": "--map", "ks": "--k", "knn_metric": "--knn-metric", "lam": "--l
          "test_fraction": "--test-fraction"}
 
 
+def progress_bar(label: str, total: int, enabled: bool):
+    """A rich progress bar on stderr (only on a terminal, transient) and the callback ``advance(done)`` that moves it.
+
+    Returns:
+        (context manager to run the work in, callback or None when there is no bar).
+    """
+    import contextlib
+
+    if not enabled or not console.is_terminal:
+        return contextlib.nullcontext(), None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                   transient=True)
+    task = bar.add_task(label, total=total)
+    return bar, lambda done: bar.update(task, completed=done)
+
+
 def error_text(exc: SjalignError) -> str:
     """An error's one line as the command line says it (an OptionError's fields named by their flags)."""
     return exc.render(FLAGS) if isinstance(exc, OptionError) else str(exc)

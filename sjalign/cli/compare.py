@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from sjalign.cli.common import (
-    ForceOpt, JsonOpt, SeedOpt, cli_command, console, emit_json, is_stdout, output_path, write_text_output,
+    ForceOpt, JsonOpt, SeedOpt, cli_command, console, emit_json, is_stdout, output_path, progress_bar,
+    write_text_output,
 )
 
 
@@ -74,12 +75,18 @@ def compare_command(
     latents = [load_latents(path) for path in files]
     labels = [str(p) for p in files]
 
-    def progress(a: str, b: str) -> None:
-        if not json_out:
-            console.print(f"[dim]comparing {a} and {b}[/]")
+    n_pairs = len(files) * (len(files) - 1) // 2
+    bar, advance = progress_bar("pairs", n_pairs, not json_out)
+    done = []
 
-    result = compare_latents(latents, labels, metrics=names, k=k, knn_metric=knn_metric,
-                             test_fraction=test_fraction, seed=seed, lam=lam, progress=progress)
+    def progress(a: str, b: str) -> None:  # called before each pair: the bar counts the pairs finished
+        if advance is not None:
+            advance(len(done))
+        done.append((a, b))
+
+    with bar:
+        result = compare_latents(latents, labels, metrics=names, k=k, knn_metric=knn_metric,
+                                 test_fraction=test_fraction, seed=seed, lam=lam, progress=progress)
     result["encoders"] = [lat.metadata.get("encoder", "?") for lat in latents]
     result["dims"] = [int(lat.dim) for lat in latents]
     if output is not None:

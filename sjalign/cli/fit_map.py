@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from sjalign.cli.common import ForceOpt, JsonOpt, OutOpt, SeedOpt, cli_command, console, emit_json, error_text, parse_lambda
+from sjalign.cli.common import ForceOpt, JsonOpt, OutOpt, SeedOpt, cli_command, console, emit_json, error_text, parse_lambda, progress_bar
 
 MethodOpt = Annotated[str | None, typer.Option(
     "--method", help="ridge (default), lstsq (λ = 0, pseudoinverse) or procrustes; not with --map.")]
@@ -68,20 +68,6 @@ def load_pairs(a_path: Path, b_path: Path):
     return a, b, pairs
 
 
-def _progress(total: int, enabled: bool):
-    """A rich progress bar on stderr (only on a terminal) and the callback that advances it."""
-    import contextlib
-
-    if not enabled or not console.is_terminal:
-        return contextlib.nullcontext(), None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("moments"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=console, transient=True)
-    task = bar.add_task("moments", total=total)
-    return bar, lambda done: bar.update(task, completed=done)
-
-
 def _fit(a_paths, b_paths, method: str, lam: float, test_fraction: float, seed: int, chunk_rows: int,
          precision: str, quiet: bool):
     """Open both sides, pair them by state id, split, and fit the map in one streamed pass.
@@ -107,7 +93,7 @@ def _fit(a_paths, b_paths, method: str, lam: float, test_fraction: float, seed: 
     except SjalignError as exc:
         raise SjalignError(f"{a_set.name} and {b_set.name}: {error_text(exc)}") from None
     n_train = int(split.train.sum())
-    bar, advance = _progress(n_train, not quiet)
+    bar, advance = progress_bar("moments", n_train, not quiet)
     with bar:
         amap = fit_map_streaming(a_set, b_set, paired, split.train, method=method, lam=lam, seed=seed,
                                  chunk=chunk_rows, precision=precision, progress=advance)
