@@ -5,8 +5,8 @@
 On two latents files (their first ``--n`` shared states; without files, two related Gaussian spaces),
 each metric is computed by sjalign and by a peer: a library where one exists (scikit-learn's
 nearest neighbours and ``r2_score``, scipy's ``spearmanr`` and ``pdist``) and otherwise the formula
-written out with dense matrices (unbiased HSIC with explicit n x n kernels, canonical correlations from
-the eigenvalues of Σxx⁻¹Σxy Σyy⁻¹Σyx, retrieval by a full argsort). Prints a Markdown table: metric,
+written out with dense matrices (unbiased HSIC with explicit n x n kernels, canonical correlations as the
+singular values of Qxᵀ Qy (Björck & Golub), retrieval by a full argsort). Prints a Markdown table: metric,
 sjalign's value, the peer's, |difference|. Run by hand; the tests hold the same checks as assertions.
 """
 
@@ -33,9 +33,17 @@ def unbiased_hsic(k: np.ndarray, l: np.ndarray) -> float:  # noqa: E741 - the ke
 
 
 def canonical_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    x, y = x - x.mean(0), y - y.mean(0)
-    m = np.linalg.solve(x.T @ x, x.T @ y) @ np.linalg.solve(y.T @ y, y.T @ x)
-    return np.sqrt(np.clip(np.sort(np.linalg.eigvals(m).real)[::-1], 0, 1))[:min(x.shape[1], y.shape[1])]
+    """Björck & Golub (1973): the singular values of Qxᵀ Qy, Q an orthonormal basis (``scipy.linalg.orth``)
+    of each side's centred columns after dropping the singular directions that together carry less than
+    1e-12 of its variance (SVCCA's keep = 1: a LayerNorm'd encoder's pooled tokens have one such direction)."""
+    from scipy.linalg import orth
+
+    def reduced(z: np.ndarray) -> np.ndarray:
+        u, s, _ = np.linalg.svd(z - z.mean(0), full_matrices=False)
+        tail = np.cumsum((s ** 2)[::-1])[::-1] / np.sum(s ** 2)  # variance share of directions i..end
+        return orth(u[:, tail >= 1e-12] * s[tail >= 1e-12])
+
+    return np.clip(np.linalg.svd(reduced(x).T @ reduced(y), compute_uv=False), 0, 1)
 
 
 def knn_sets(z: np.ndarray, k: int, metric: str) -> list[set]:
@@ -111,7 +119,7 @@ def main() -> None:
                                                                 * unbiased_hsic(my * cy, my * cy)),
                  "masked cosine kernels and unbiased HSIC, written out (Huh et al. 2024)"))
     rows.append(("SVCCA, all directions kept", svcca(x, y, keep=1.0), float(canonical_correlations(x, y).mean()),
-                 "mean of √eig(Σxx⁻¹Σxy Σyy⁻¹Σyx)"))
+                 "mean canonical correlation, Björck–Golub on scipy.linalg.orth bases"))
     rows.append(("RSA (correlation distance, Spearman)", rsa(x, y),
                  float(spearmanr(pdist(x, "correlation"), pdist(y, "correlation"))[0]),
                  "scipy pdist + spearmanr"))
