@@ -152,3 +152,10 @@ def test_two_files_with_layers_give_the_layer_matrix_and_best_matches(runner, tm
     assert layers["cka"][0][1] == pytest.approx(1.0) and layers["cka_debiased"][1][0] == pytest.approx(1.0)
     assert abs(layers["cka_debiased"][0][0]) < 0.1 and layers["n"] == int(split.sum())
     assert (tmp_path / "r" / "layers_1.png").is_file()
+    # --layers asks for them: every file must carry layer.N tensors, else one line, exit 1, nothing written
+    assert run(runner, "compare", pa, pb, "--metrics", "cka", "--layers", "--json").exit_code == 0
+    plain = save_latents(tmp_path / "plain.safetensors", Latents(l0.astype(np.float32), ids, None, split), {"encoder": "z"})
+    res = run(runner, "compare", pa, plain, "--layers", "-o", tmp_path / "out.json")
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and "plain.safetensors: no layer.N tensors" in lines[0]
+    assert not (tmp_path / "out.json").exists()

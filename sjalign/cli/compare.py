@@ -24,6 +24,7 @@ def compare_command(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the result as JSON ('-' = stdout).", parser=output_path)] = None,
     csv: Annotated[Path | None, typer.Option("--csv", help="Write the matrices as CSV (metric,a,b,value; '-' = stdout).", parser=output_path)] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write a folder: a heatmap PNG per measure, index.html (self-contained), compare.json and compare.csv.", parser=output_path)] = None,
+    layers: Annotated[bool, typer.Option("--layers", help="Require the layer × layer CKA matrices: every file must carry layer.N tensors (embed --layer all). Without it they are added for every pair of files that both carry them.")] = False,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -73,6 +74,11 @@ def compare_command(
 
         check_output_folder(report, force, COMPARE_KIND, inputs=files)
     latents = [load_latents(path) for path in files]
+    if layers:
+        for path, lat in zip(files, latents):
+            if not lat.layers:
+                raise SjalignError(f"{path}: no layer.N tensors, so --layers has no layer matrix to give (embed it "
+                                   "with --layer all)")
     labels = [str(p) for p in files]
 
     n_pairs = len(files) * (len(files) - 1) // 2
