@@ -219,3 +219,16 @@ def test_default_k_leaves_out_k_at_least_n_test(runner, tmp_path):
     assert "nos@10" in out["metrics"] and "nos@20" not in out["metrics"]
     assert any("k = 20,50 left out" in w for w in out["warnings"])
     one_error_line(run(runner, "evaluate", a, b, "--permutations", "3", "--k", "5,20"), "--k 20", "n_test - 1 = 19")
+
+
+def test_max_test_subsamples_the_neighbour_metrics_and_says_so(runner, tmp_path):
+    a, b = planted_model(tmp_path, "big")  # 60 test pairs
+    res = run(runner, "evaluate", a, b, "--json", "--max-test", "25", *FAST)
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["n_test"] == 60 and out["n_neighbour_test"] == 25 and out["config"]["max_test"] == 25
+    assert any("seeded subsample of 25 of the 60 test pairs" in w for w in out["warnings"])
+    whole = json.loads(run(runner, "evaluate", a, b, "--json", *FAST).stdout)
+    assert whole["n_neighbour_test"] == 60 and whole["metrics"]["r2"] == out["metrics"]["r2"]
+    one_error_line(run(runner, "evaluate", a, b, "--max-test", "1", *FAST), "--max-test must be at least 2")
+    one_error_line(run(runner, "evaluate", a, b, "--max-test", "5", *FAST), "--k 5", "n_test - 1 = 4")

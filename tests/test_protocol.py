@@ -426,7 +426,32 @@ def test_a_run_keeps_the_null_it_was_judged_against_and_the_result_is_typed():
     assert out["seeds"]["runs"] == 2 and out["r2_p_value"] == max(r.result["r2_p_value"] for r in runs)
     assert out["lambda"] == runs[0].amap.lam and "lam" not in out and "runs" not in out
     assert "control" not in out and "shift" not in out and "pair_budget" not in out  # absent sections are left out
-    assert list(out)[:9] == ["metrics", "null", "r2_p_value", "permutations", "n_train", "n_test", "split", "ks",
-                             "warnings"]
+    assert list(out)[:10] == ["metrics", "null", "r2_p_value", "permutations", "n_train", "n_test",
+                              "n_neighbour_test", "split", "ks", "warnings"]
     assert out["higher_is_better"]["r2"] is True and out["higher_is_better"]["nos@5"] is False
     json.dumps(out)  # plain JSON types only
+
+
+def test_neighbour_metrics_run_on_a_seeded_reported_subsample_above_max_test():
+    from sjalign.metrics import nos_at_k, retrieval_at_1
+
+    pairs = _pairs(400, seed=4, noise=0.8)
+    split = choose_split(pairs, seed=0)  # 80 test pairs
+    amap = fit_on_split(pairs, split)
+    full = evaluate_pairs(pairs, split, amap, ks=(5,), permutations=2, device=CPU)
+    assert full["n_neighbour_test"] == full["n_test"] == 80 and not any("subsample" in w for w in full["warnings"])
+    sub = evaluate_pairs(pairs, split, amap, ks=(5,), permutations=2, device=CPU, max_test=30, seed=0)
+    assert sub["n_test"] == 80 and sub["n_neighbour_test"] == 30
+    assert any("seeded subsample of 30 of the 80 test pairs" in w for w in sub["warnings"])
+    for key in ("r2", "cka", "mse", "kappa"):  # moment metrics: every test pair, unchanged
+        assert sub["metrics"][key] == full["metrics"][key]
+    rows = np.sort(np.random.default_rng(0).choice(80, 30, replace=False))  # the documented draw
+    za, zb = amap.standardise_a(pairs.x[split.test]), amap.standardise_b(pairs.y[split.test])
+    p = za @ amap.W.T
+    assert sub["metrics"]["nos@5"] == nos_at_k(zb[rows], p[rows], (5,), device=CPU)[5]
+    assert sub["metrics"]["retrieval@1"] == retrieval_at_1(zb[rows], p[rows], device=CPU)
+    assert sub == evaluate_pairs(pairs, split, amap, ks=(5,), permutations=2, device=CPU, max_test=30, seed=0)
+    with pytest.raises(OptionError, match="^ks 30: each k must be between 1 and n_test - 1 = 29"):
+        evaluate_pairs(pairs, split, amap, ks=(30,), permutations=2, device=CPU, max_test=30)
+    with pytest.raises(OptionError, match="^max_test must be at least 2"):
+        evaluate_pairs(pairs, split, amap, ks=(1,), permutations=2, device=CPU, max_test=1)

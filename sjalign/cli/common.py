@@ -131,8 +131,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 # How the command line names the library's option fields (sjalign.errors.OptionError placeholders)
-FLAGS = {"amap": "--map", "ks": "--k", "knn_metric": "--knn-metric", "lam": "--lambda", "method": "--method",
-         "metrics": "--metrics", "pair_budget": "--pair-budget", "pair_noise": "--pair-noise",
+FLAGS = {"amap": "--map", "ks": "--k", "knn_metric": "--knn-metric", "lam": "--lambda", "max_test": "--max-test",
+         "method": "--method", "metrics": "--metrics", "pair_budget": "--pair-budget", "pair_noise": "--pair-noise",
          "precision": "--precision", "resplit": "--resplit", "seeds": "--seeds", "shift": "--shift",
          "test_fraction": "--test-fraction"}
 

@@ -44,6 +44,7 @@ class EvaluateConfig:
     control_a: tuple[str, ...] | None
     control_b: tuple[str, ...] | None
     report: str | None
+    max_test: int = 50_000
 
 
 def parse_list(text: str | None, kind, option: str) -> tuple | None:
@@ -206,6 +207,7 @@ def evaluate_command(
     control_b: Annotated[str | None, typer.Option("--control-b", help="Random-init control for B; fitted and scored on the same state ids.")] = None,
     permutations: Annotated[int, typer.Option("--permutations", help="Shuffled-pair refits for the R² p-value.")] = 99,
     dsc_points: Annotated[int, typer.Option("--dsc-points", help="At most this many test points for DSC.")] = 2000,
+    max_test: Annotated[int, typer.Option("--max-test", help="NOS@k and retrieval@1 (exact nearest neighbours, quadratic in the test pairs) use a seeded subsample of this many test pairs when there are more; the result says so (n_neighbour_test and a warning). The other metrics use every test pair.")] = 50_000,
     pair_budget: Annotated[str | None, typer.Option("--pair-budget", help="Sweep: refit on this many train pairs each (e.g. 64,256,1024), same test split.")] = None,
     pair_noise: Annotated[str | None, typer.Option("--pair-noise", help="Sweep: refit with this fraction of train pairs mismatched (e.g. 0,0.1,0.3).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write PNG pictures and a self-contained index.html into this new folder.")] = None,
@@ -256,6 +258,8 @@ def evaluate_command(
         raise SjalignError(f"--permutations must be at least 1, got {permutations}")
     if dsc_points < 3:
         raise SjalignError(f"--dsc-points must be at least 3, got {dsc_points}")
+    if max_test < 2:
+        raise SjalignError(f"--max-test must be at least 2 test pairs, got {max_test}")
     if (control_a is None) != (control_b is None):
         raise SjalignError("--control-a and --control-b go together: give the random-init latents of both sides")
     if shift_spec is not None and map_path is not None:
@@ -294,7 +298,8 @@ def evaluate_command(
     if c_paths is not None:
         _, _, controls = load_model_pairs(*c_paths)
         control_names = [f"control {ca} / {cb}" for ca, cb in zip(*c_paths)]
-    opts = EvalOptions(method, lam_value, ks, k is None, permutations, dsc_points, device, test_fraction, not resplit)
+    opts = EvalOptions(method, lam_value, ks, k is None, permutations, dsc_points, device, test_fraction, not resplit,
+                       max_test)
     runs = evaluate_runs(models, opts, seeds=split_seeds, amap=amap, controls=controls, shift=shift_spec,
                          control_names=control_names)
 
@@ -307,7 +312,7 @@ def evaluate_command(
                             noises, None if shift_spec is None else dataclasses.asdict(shift_spec),
                             None if c_paths is None else tuple(map(str, c_paths[0])),
                             None if c_paths is None else tuple(map(str, c_paths[1])),
-                            None if report is None else str(report))
+                            None if report is None else str(report), max_test)
     result = build_result(runs, a_paths=a_paths, b_paths=b_paths, encoder_a=lat_a[0].metadata.get("encoder"),
                           encoder_b=lat_b[0].metadata.get("encoder"), map_path=config.map, ks=ks,
                           config=dataclasses.asdict(config), control_paths=c_paths,

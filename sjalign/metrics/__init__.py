@@ -33,7 +33,8 @@ def higher_is_better(keys) -> dict[str, bool]:
     return out
 
 def score_map(w: np.ndarray, za: np.ndarray, zb: np.ndarray, *, ks=DEFAULT_KS, q: np.ndarray | None = None,
-              dsc_points: int = DEFAULT_DSC_POINTS, seed: int = 0, device="auto") -> dict[str, float]:
+              dsc_points: int = DEFAULT_DSC_POINTS, seed: int = 0, device="auto",
+              neighbour_rows: np.ndarray | None = None) -> dict[str, float]:
     """Every single-map metric of SPEC §4 on standardised held-out pairs.
 
     Args:
@@ -42,6 +43,8 @@ def score_map(w: np.ndarray, za: np.ndarray, zb: np.ndarray, *, ks=DEFAULT_KS, q
         zb: (n, d_b) test target latents standardised with train statistics.
         ks: neighbourhood sizes for NOS@k (each < n).
         q: (d_b, d_a) orthogonal Procrustes map fitted on train, for ``procrustes_error``.
+        neighbour_rows: (m,) indices of the rows NOS@k and retrieval@1 are computed on (exact kNN
+            among those m); None: all n. The other metrics always use every row.
 
     Returns:
         {"mse", "r2", "cka", "cka_raw", "dsc", "nos@K"..., "retrieval@1", "procrustes_error",
@@ -55,8 +58,9 @@ def score_map(w: np.ndarray, za: np.ndarray, zb: np.ndarray, *, ks=DEFAULT_KS, q
         "cka_raw": linear_cka(za, zb),
         "dsc": dsc(zb, p, max_points=dsc_points, seed=seed, device=device),
     }
-    out.update({f"nos@{k}": v for k, v in nos_at_k(zb, p, ks, device=device).items()})
-    out["retrieval@1"] = retrieval_at_1(zb, p, device=device)
+    nb, np_ = (zb, p) if neighbour_rows is None else (zb[neighbour_rows], p[neighbour_rows])
+    out.update({f"nos@{k}": v for k, v in nos_at_k(nb, np_, ks, device=device).items()})
+    out["retrieval@1"] = retrieval_at_1(nb, np_, device=device)
     if q is not None:
         out["procrustes_error"] = procrustes_error(zb, za, q)
     out["kappa"] = kappa(w)

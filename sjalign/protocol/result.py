@@ -27,6 +27,8 @@ class EvaluateResult:
         r2_p_value: permutation p-value of R² (the largest over runs), or None without a null.
         permutations: shuffled-pair refits behind it.
         n_train, n_test: pairs that fitted and scored the (first run's) map.
+        n_neighbour_test: the test pairs NOS@k and retrieval@1 used (a seeded subsample above
+            ``max_test``).
         split: the first run's :meth:`sjalign.protocol.Split.describe`.
         ks: the k of NOS@k that were scored.
         warnings: every run's warnings, each once, then the control's.
@@ -54,6 +56,7 @@ class EvaluateResult:
     permutations: int
     n_train: int
     n_test: int
+    n_neighbour_test: int
     split: dict[str, Any]
     ks: list[int]
     warnings: list[str]
@@ -82,10 +85,10 @@ class EvaluateResult:
     layer_cka: dict[str, Any] | None = None
     runs: list[Run] = field(default_factory=list, repr=False)  # not in the JSON: the report draws from them
 
-    ORDER = ("metrics", "null", "r2_p_value", "permutations", "n_train", "n_test", "split", "ks", "warnings",
-             "split_seed", "model", "in_distribution", "control", "seeds", "direction", "mapped", "a", "b", "d_a",
-             "d_b", "encoder_a", "encoder_b", "map", "method", "lambda", "higher_is_better", "dropped", "config",
-             "shift", "pair_budget", "pair_noise", "layer_cka")
+    ORDER = ("metrics", "null", "r2_p_value", "permutations", "n_train", "n_test", "n_neighbour_test", "split",
+             "ks", "warnings", "split_seed", "model", "in_distribution", "control", "seeds", "direction", "mapped",
+             "a", "b", "d_a", "d_b", "encoder_a", "encoder_b", "map", "method", "lambda", "higher_is_better",
+             "dropped", "config", "shift", "pair_budget", "pair_noise", "layer_cka")
     OPTIONAL = ("in_distribution", "control", "seeds", "shift", "pair_budget", "pair_noise", "layer_cka")
 
     def to_json(self) -> dict[str, Any]:
@@ -145,7 +148,7 @@ def build_result(runs: list[Run], *, a_paths: list[Path], b_paths: list[Path], e
     amap = first.amap
     return EvaluateResult(
         metrics=metrics, null=null, r2_p_value=p_value, permutations=res["permutations"], n_train=res["n_train"],
-        n_test=res["n_test"], split=res["split"], ks=list(ks), warnings=warnings, split_seed=res["split_seed"],
+        n_test=res["n_test"], n_neighbour_test=res["n_neighbour_test"], split=res["split"], ks=list(ks), warnings=warnings, split_seed=res["split_seed"],
         model=res["model"], direction="a->b", mapped="A onto B's space: z_b ≈ W z_a, W (d_b, d_a)",
         a=",".join(map(str, a_paths)), b=",".join(map(str, b_paths)), d_a=amap.d_a, d_b=amap.d_b,
         encoder_a=encoder_a, encoder_b=encoder_b, map=map_path, method=amap.method, lam=amap.lam,

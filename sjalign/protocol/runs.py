@@ -16,7 +16,7 @@ from sjalign.errors import OptionError, SjalignError
 from sjalign.io import Latents
 from sjalign.metrics import DEFAULT_KS
 from sjalign.metrics.cka import linear_cka_matrix
-from sjalign.protocol.score import evaluate_pairs, fit_on_split, null_map
+from sjalign.protocol.score import DEFAULT_MAX_TEST, evaluate_pairs, fit_on_split, null_map
 from sjalign.protocol.split import Shift, Split, choose_split, shift_split, transfer_split
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class EvalOptions:
     device: str = "auto"
     test_fraction: float = 0.2
     use_file_split: bool = True
+    max_test: int | None = DEFAULT_MAX_TEST  # NOS@k and retrieval@1 on a seeded subsample above this
 
 
 @dataclass
@@ -74,7 +75,8 @@ def run_once(pairs: Pairs, opts: EvalOptions, *, seed: int = 0, amap: AlignmentM
         split, in_split = shift_split(pairs, split, shift, seed=seed)
     if amap is None:
         amap = fit_on_split(pairs, split, method=opts.method, lam=opts.lam, seed=seed)
-    kw = dict(ks=opts.ks, seed=seed, device=opts.device, dsc_points=opts.dsc_points, trim_ks=opts.trim_ks)
+    kw = dict(ks=opts.ks, seed=seed, device=opts.device, dsc_points=opts.dsc_points, trim_ks=opts.trim_ks,
+              max_test=opts.max_test)
     nmap = null_map(pairs, split, amap, seed=seed)
     result = evaluate_pairs(pairs, split, amap, permutations=opts.permutations, null=nmap, **kw)
     result.update(split_seed=seed if split.seed is not None else None, model=model)

@@ -18,6 +18,9 @@ from sjalign.metrics import DEFAULT_KS, effective_rank, r2, score_map
 from sjalign.protocol.split import Split
 
 LOW_RANK_FRACTION = 0.1
+# NOS@k and retrieval@1 are exact kNN over the test pairs (O(n²·d) in tiles); above this many test pairs
+# they run on a seeded subsample of it, reported in the result (evaluate --max-test)
+DEFAULT_MAX_TEST = 50_000
 # Figures of the latents alone, the same whatever the map: the null column leaves them out
 MAP_FREE_KEYS = ("cka_raw", "eff_rank_a", "eff_rank_b")
 
@@ -39,7 +42,8 @@ def null_map(pairs: Pairs, split: Split, amap: AlignmentMap, *, seed: int = 0) -
 
 def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT_KS, permutations: int = 99,
                    seed: int = 0, device="auto", dsc_points: int = 2000, with_null: bool = True,
-                   trim_ks: bool = False, null: AlignmentMap | None = None) -> dict:
+                   trim_ks: bool = False, null: AlignmentMap | None = None,
+                   max_test: int | None = DEFAULT_MAX_TEST) -> dict:
     """Score ``amap`` on the test pairs beside the shuffled-pair null (SPEC §4).
 
     Args:
@@ -53,10 +57,14 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
             on a small test split); the ks used are returned under ``ks``.
         null: the shuffled-pair null map (:func:`null_map` with this ``seed``) when the caller
             keeps it (a report draws its spectrum); None fits it here.
+        max_test: NOS@k and retrieval@1 (exact kNN, quadratic in the test pairs) use a seeded
+            subsample of this many test pairs when there are more (the same rows for the map and
+            the null; a warning says so); None: every test pair. The other metrics use them all.
 
     Returns:
         A dict in the JSON shape of SPEC §1: metrics, null, n_train, n_test, r2_p_value,
-        permutations, split (its ``describe()``), ks, warnings.
+        permutations, split (its ``describe()``), ks, warnings, n_neighbour_test (the test pairs
+        NOS@k and retrieval@1 used).
 
     Raises:
         SjalignError: map dimensions that do not fit the latents, or a k ≥ n_test (unless
@@ -69,16 +77,23 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
     x_te, y_te = pairs.x[split.test], pairs.y[split.test]
     n_test = len(x_te)
     notes: list[str] = []
-    bad_k = [k for k in ks if not 1 <= k < n_test]
+    if max_test is not None and max_test < 2:
+        raise OptionError(f"{{max_test}} must be at least 2 test pairs, got {max_test}")
+    rows, n_nb = None, n_test
+    if max_test is not None and n_test > max_test:
+        rows, n_nb = np.sort(np.random.default_rng(seed).choice(n_test, max_test, replace=False)), max_test
+        notes.append(f"NOS@k and retrieval@1 on a seeded subsample of {max_test} of the {n_test} test pairs "
+                     "(exact kNN among them); the other metrics on all")
+    bad_k = [k for k in ks if not 1 <= k < n_nb]
     if bad_k and trim_ks and len(bad_k) < len(ks):
         ks = tuple(k for k in ks if k not in bad_k)
-        notes.append(f"only {n_test} test pairs: NOS@k for k = {','.join(map(str, bad_k))} left out")
+        notes.append(f"only {n_nb} test pairs: NOS@k for k = {','.join(map(str, bad_k))} left out")
     elif bad_k:
-        raise OptionError(f"{{ks}} {','.join(map(str, bad_k))}: each k must be between 1 and n_test - 1 = {n_test - 1}")
+        raise OptionError(f"{{ks}} {','.join(map(str, bad_k))}: each k must be between 1 and n_test - 1 = {n_nb - 1}")
     std = accumulate(x_tr, y_tr).standardised()
     q = solve_procrustes(std.c_ab)
     za, zb = amap.standardise_a(x_te), amap.standardise_b(y_te)
-    kw = dict(ks=ks, q=q, dsc_points=dsc_points, seed=seed, device=device)
+    kw = dict(ks=ks, q=q, dsc_points=dsc_points, seed=seed, device=device, neighbour_rows=rows)
     metrics = score_map(amap.W, za, zb, **kw)
 
     null, p_value, n_perm = None, None, 0
@@ -111,6 +126,7 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
         "permutations": n_perm,
         "n_train": int(split.train.sum()),
         "n_test": n_test,
+        "n_neighbour_test": n_nb,
         "split": split.describe(),
         "ks": list(ks),
         "warnings": notes,
