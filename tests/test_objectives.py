@@ -36,7 +36,6 @@ from sjalign.jepa.objectives.losses import (
     vicreg_terms,
 )
 from sjalign.jepa.objectives.augment import augment, crop_boxes, resized_crop, sample_aug_params
-from sjalign.jepa.objectives.ijepa import IJEPAMasks
 from sjalign.jepa.objectives.mae import random_masks
 
 from conftest import fashion_mnist_images
