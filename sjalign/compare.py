@@ -16,7 +16,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Callable
 
 import numpy as np

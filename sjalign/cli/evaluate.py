@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from sjalign.cli.common import (
-    DeviceOpt, ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, console, emit_json, error_text, is_stdout, output_path, parse_ks,
-    parse_latents_list, to_json, write_text_output,
+    DeviceOpt, ForceOpt, JsonOpt, SeedOpt, StrictOpt, cli_command, console, emit_json, error_text, is_stdout,
+    output_path, parse_ks, parse_latents_list, to_json, write_text_output,
 )
 from sjalign.cli.fit_map import LambdaOpt, MethodOpt, TestFracOpt, resolve_lambda
 from sjalign.errors import SjalignError
@@ -44,7 +44,7 @@ class EvaluateConfig:
     control_a: tuple[str, ...] | None
     control_b: tuple[str, ...] | None
     report: str | None
-    max_test: int = 50_000
+    max_test: int | None = None  # resolved: the library's DEFAULT_MAX_TEST when not given
 
 
 def parse_list(text: str | None, kind, option: str) -> tuple | None:
@@ -207,7 +207,7 @@ def evaluate_command(
     control_b: Annotated[str | None, typer.Option("--control-b", help="Random-init control for B; fitted and scored on the same state ids.")] = None,
     permutations: Annotated[int, typer.Option("--permutations", help="Shuffled-pair refits for the R² p-value.")] = 99,
     dsc_points: Annotated[int, typer.Option("--dsc-points", help="At most this many test points for DSC.")] = 2000,
-    max_test: Annotated[int, typer.Option("--max-test", help="NOS@k and retrieval@1 (exact nearest neighbours, quadratic in the test pairs) use a seeded subsample of this many test pairs when there are more; the result says so (n_neighbour_test and a warning). The other metrics use every test pair.")] = 50_000,
+    max_test: Annotated[int | None, typer.Option("--max-test", help="NOS@k and retrieval@1 (exact nearest neighbours, quadratic in the test pairs) use a seeded subsample of this many test pairs when there are more; the result says so (n_neighbour_test and a warning). The other metrics use every test pair. [default: 50,000]")] = None,
     pair_budget: Annotated[str | None, typer.Option("--pair-budget", help="Sweep: refit on this many train pairs each (e.g. 64,256,1024), same test split.")] = None,
     pair_noise: Annotated[str | None, typer.Option("--pair-noise", help="Sweep: refit with this fraction of train pairs mismatched (e.g. 0,0.1,0.3).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write PNG pictures and a self-contained index.html into this new folder.")] = None,
@@ -241,6 +241,7 @@ def evaluate_command(
         DEFAULT_KS, EvalOptions, build_result, choose_split, default_budgets, evaluate_runs, layerwise_cka,
         pair_budget_sweep, pair_noise_sweep,
     )
+    from sjalign.protocol.score import DEFAULT_MAX_TEST
 
     ks = parse_ks(k or ",".join(map(str, DEFAULT_KS)))
     budgets = parse_list(pair_budget, int, "--pair-budget")
@@ -258,6 +259,7 @@ def evaluate_command(
         raise SjalignError(f"--permutations must be at least 1, got {permutations}")
     if dsc_points < 3:
         raise SjalignError(f"--dsc-points must be at least 3, got {dsc_points}")
+    max_test = DEFAULT_MAX_TEST if max_test is None else max_test
     if max_test < 2:
         raise SjalignError(f"--max-test must be at least 2 test pairs, got {max_test}")
     if (control_a is None) != (control_b is None):
