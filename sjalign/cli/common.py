@@ -18,6 +18,8 @@ from rich.console import Console
 from sjalign.errors import OptionError, SjalignError
 
 console = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)  # progress and notes (-q hushes)
+
+
 class _PipedConsole(Console):
     """stdout: a reader that closed the pipe (``| head``) ends the command quietly with exit 0
     (rich's default is exit 1)."""

@@ -39,6 +39,7 @@ def compare_command(
 
       sjalign compare pixels.safetensors lite0.safetensors jepa_top.safetensors --metrics cka_debiased,mutual_knn,r2
     """
+    import itertools
     import json
 
     from sjalign.cli.common import check_choice, check_fraction
@@ -83,12 +84,12 @@ def compare_command(
 
     n_pairs = len(files) * (len(files) - 1) // 2
     bar, advance = progress_bar("pairs", n_pairs, not json_out)
-    done = []
+    started = itertools.count()
 
     def progress(a: str, b: str) -> None:  # called before each pair: the bar counts the pairs finished
+        finished = next(started)
         if advance is not None:
-            advance(len(done))
-        done.append((a, b))
+            advance(finished)
 
     with bar:
         result = compare_latents(latents, labels, metrics=names, k=k, knn_metric=knn_metric,

@@ -238,10 +238,9 @@ def evaluate_command(
     from sjalign.cli.common import check_choice, check_device, check_fraction, flag_conflicts
     from sjalign.io import check_output
     from sjalign.protocol import (
-        DEFAULT_KS, EvalOptions, build_result, choose_split, default_budgets, evaluate_runs, layerwise_cka,
-        pair_budget_sweep, pair_noise_sweep,
+        DEFAULT_KS, DEFAULT_MAX_TEST, EvalOptions, build_result, choose_split, default_budgets, evaluate_runs,
+        layerwise_cka, pair_budget_sweep, pair_noise_sweep,
     )
-    from sjalign.protocol.score import DEFAULT_MAX_TEST
 
     ks = parse_ks(k or ",".join(map(str, DEFAULT_KS)))
     budgets = parse_list(pair_budget, int, "--pair-budget")

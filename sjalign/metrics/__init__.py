@@ -32,6 +32,7 @@ def higher_is_better(keys) -> dict[str, bool]:
             out[key] = HIGHER_IS_BETTER[key]
     return out
 
+
 def score_map(w: np.ndarray, za: np.ndarray, zb: np.ndarray, *, ks=DEFAULT_KS, q: np.ndarray | None = None,
               dsc_points: int = DEFAULT_DSC_POINTS, seed: int = 0, device="auto",
               neighbour_rows: np.ndarray | None = None) -> dict[str, float]:

@@ -148,7 +148,8 @@ def build_result(runs: list[Run], *, a_paths: list[Path], b_paths: list[Path], e
     amap = first.amap
     return EvaluateResult(
         metrics=metrics, null=null, r2_p_value=p_value, permutations=res["permutations"], n_train=res["n_train"],
-        n_test=res["n_test"], n_neighbour_test=res["n_neighbour_test"], split=res["split"], ks=list(ks), warnings=warnings, split_seed=res["split_seed"],
+        n_test=res["n_test"], n_neighbour_test=res["n_neighbour_test"], split=res["split"], ks=list(ks),
+        warnings=warnings, split_seed=res["split_seed"],
         model=res["model"], direction="a->b", mapped="A onto B's space: z_b ≈ W z_a, W (d_b, d_a)",
         a=",".join(map(str, a_paths)), b=",".join(map(str, b_paths)), d_a=amap.d_a, d_b=amap.d_b,
         encoder_a=encoder_a, encoder_b=encoder_b, map=map_path, method=amap.method, lam=amap.lam,

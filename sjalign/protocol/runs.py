@@ -19,6 +19,7 @@ from sjalign.metrics.cka import linear_cka_matrix
 from sjalign.protocol.score import DEFAULT_MAX_TEST, evaluate_pairs, fit_on_split, null_map
 from sjalign.protocol.split import Shift, Split, choose_split, shift_split, transfer_split
 
+
 @dataclass(frozen=True)
 class EvalOptions:
     """How each run fits and scores (the options of ``sjalign evaluate``)."""
