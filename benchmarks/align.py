@@ -6,6 +6,7 @@ Run by hand, not a test (each part writes one summary line; --json prints one JS
     python benchmarks/align.py nos [--n 100000] [--d 384] [--k 10] [--reps 2]
     python benchmarks/align.py all --json
     python benchmarks/align.py memory --keep DIR [--threads 1]   # allocation peaks over fit --keep's files
+    python benchmarks/align.py precision A1 B1 [A2 B2 ...]       # float32 vs float64 products on real latents
 
 Every measurement runs in a fresh subprocess (so peak memory does not mix) and the
 repetitions are interleaved (baseline, sjalign, baseline, sjalign, ...); the summary gives the
@@ -22,7 +23,8 @@ B = ((A − μa)/σa) W*ᵀ·σb + μb + noise are written once with ``sjalign.l
   transposed pair and calls BLAS syrk, which computes one triangle: half the flops).
 * sjalign: ``fit_map_streaming`` over all n pairs (every row is a train pair), ridge λ = 1e-3,
   reading both files lazily in chunks of ``--chunk-rows``, in ``--precision float32`` and
-  ``float64``; it must compute AᵀA (syrk) and AᵀB (GEMM): 1.5× the flops of the float32 GEMM
+  ``float64`` and the default ``auto`` (float32 here: the planted latents are well-conditioned);
+  it must compute AᵀA (syrk) and AᵀB (GEMM): 1.5× the flops of the float32 GEMM
   baseline at best, plus reading twice the bytes. The recovered map is checked against W*.
 * peak memory: VmHWM − VmRSS after imports, per subprocess, against the bound
   3·d² float64 + one chunk (chunk_rows × (d_a + d_b) values of the chosen precision).
@@ -170,7 +172,8 @@ def worker(kind: str, args: dict) -> dict:
             amap = fit_map_streaming(a, b, paired, np.ones(len(paired.state_ids), bool), method="ridge", lam=1e-3,
                                      chunk=args["chunk_rows"], precision=precision)
             out["amap"] = amap
-            out["chunk_bytes"] = args["chunk_rows"] * (a.dim + b.dim) * np.dtype(precision).itemsize
+            out["precision_used"] = amap.info["precision"]  # auto's choice
+            out["chunk_bytes"] = args["chunk_rows"] * (a.dim + b.dim) * np.dtype(amap.info["precision"]).itemsize
             out["moment_threads"] = blas_threads()  # threads of stream_moments, each with one part's products
     elif kind.startswith("cli"):  # the whole command in-process: finiteness scan, hashes, split, fit, write
         from sjalign.cli.app import app
@@ -303,9 +306,12 @@ def bench_fit(opts) -> dict:
             print(f"(wrote 2 x {opts.n} x {opts.d} float32 latents to {folder} in "
                   f"{time.perf_counter() - start:.0f} s)", file=sys.stderr)
         args = {"a": str(a), "b": str(b), "chunk_rows": opts.chunk_rows, "threads": opts.threads}
-        kinds = ["baseline_torch_mmap", "fit_float32", "fit_float64", "baseline_compute_only", "baseline_numpy_syrk"]
+        kinds = ["baseline_torch_mmap", "fit_auto", "fit_float32", "fit_float64", "baseline_compute_only",
+                 "baseline_numpy_syrk"]
         if opts.cli:
-            kinds += ["cli_float32", "cli_float64"]
+            kinds += ["cli_auto", "cli_float32", "cli_float64"]
+        if opts.kinds:  # a subset (the baseline always runs: every ratio is taken to it)
+            kinds = ["baseline_torch_mmap", *[k for k in kinds if k in opts.kinds.split(",") and k != kinds[0]]]
         runs: dict[str, list[dict]] = {k: [] for k in kinds}
         for rep in range(opts.reps):
             for kind in kinds:
@@ -330,7 +336,10 @@ def bench_fit(opts) -> dict:
         # O(n) arrays besides the bound: both files' int64 state ids (read from the files) and the int32
         # row numbers of the pairing (all pairs are train here, so no train-subset copies)
         summary["id_arrays_mib"] = (2 * 8 + 4) * opts.n / 2**20
-        for prec in ("float32", "float64"):
+        summary["auto_chose"] = runs["fit_auto"][0]["precision_used"] if "fit_auto" in runs else None
+        for prec in ("auto", "float32", "float64"):
+            if f"fit_{prec}" not in runs:
+                continue
             r = runs[f"fit_{prec}"][0]
             summary[f"map_rel_error_{prec}"] = r["map_rel_error"]
             summary[f"memory_bound_mib_{prec}"] = (3 * d * d * 8 + r["chunk_bytes"]) / 2**20
@@ -375,6 +384,55 @@ def bench_memory(opts) -> dict:
     return out
 
 
+def bench_precision(opts) -> dict:
+    """float32 against float64 chunk products, and auto's choice, on given latents pairs (real latents).
+
+    For each pair A B (official split or the seeded 80/20 split by state id) and method: κ of what the
+    fit inverts (full float64 moments; :func:`sjalign.align.streaming.conditioning`), auto's pilot κ
+    and choice, ‖W₃₂ − W₆₄‖/‖W₆₄‖, |R²₃₂ − R²₆₄| on the test pairs and κ(W) of each fit.
+    """
+    import warnings
+
+    import numpy as np
+
+    from sjalign.align.pairing import pair_by_state_id
+    from sjalign.align.streaming import conditioning, fit_map_streaming, pair_rows, stream_moments
+    from sjalign.io import load_latents
+    from sjalign.lazy_io import open_latents_set
+    from sjalign.metrics import kappa, r2
+    from sjalign.protocol import choose_split
+
+    if not opts.files or len(opts.files) % 2:
+        raise SystemExit("precision: give latents files in pairs, A1 B1 [A2 B2 ...]")
+    rows = []
+    for fa, fb in zip(opts.files[::2], opts.files[1::2]):
+        a, b = open_latents_set([fa]), open_latents_set([fb])
+        paired = pair_rows(a, b)
+        split = choose_split(paired.as_pairs(), test_fraction=0.2, seed=0)
+        mem = pair_by_state_id(load_latents(fa), load_latents(fb))  # the same ids, sorted: test rows in memory
+        x_te, y_te = mem.x[split.test], mem.y[split.test]
+        methods = [("ridge", 1e-3), ("lstsq", 0.0)] + ([("procrustes", 0.0)] if a.dim == b.dim else [])
+        for method, lam in methods:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fits = {p: fit_map_streaming(a, b, paired, split.train, method=method, lam=lam, precision=p)
+                        for p in ("auto", "float32", "float64")}
+                full = stream_moments(a, b, paired.rows_a[split.train], paired.rows_b[split.train],
+                                      precision="float64")[0].standardised()
+            r2s = {p: r2(m.standardise_b(y_te), m.predict_standardised(x_te)) for p, m in fits.items()}
+            w64 = fits["float64"].W.astype(np.float64)
+            rows.append({"a": Path(fa).name, "b": Path(fb).name, "method": method, "lambda": lam,
+                         "kappa": conditioning(full, method, lam),
+                         "kappa_pilot": fits["auto"].info["precision_auto"]["kappa_pilot"],
+                         "auto_chose": fits["auto"].info["precision"],
+                         "w_rel_diff_float32": float(np.linalg.norm(fits["float32"].W - w64) / np.linalg.norm(w64)),
+                         "r2_float64": r2s["float64"], "r2_abs_diff_float32": abs(r2s["float32"] - r2s["float64"]),
+                         "r2_abs_diff_auto": abs(r2s["auto"] - r2s["float64"]),
+                         "kappa_w": {p: kappa(m.W) for p, m in fits.items()}})
+            print(f"  {rows[-1]}", file=sys.stderr)
+    return {"pairs": rows}
+
+
 def bench_nos(opts) -> dict:
     args = {"n": opts.n, "d": opts.d, "k": opts.k, "threads": opts.threads}
     runs: dict[str, list[dict]] = {"nos_sklearn": [], "nos_sjalign": []}
@@ -404,7 +462,8 @@ def main() -> None:
         print(json.dumps(worker(sys.argv[2], json.loads(sys.argv[3]))))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["fit", "nos", "memory", "all"])
+    ap.add_argument("what", choices=["fit", "nos", "memory", "precision", "all"])
+    ap.add_argument("files", nargs="*", help="precision: latents files in pairs, A1 B1 [A2 B2 ...]")
     ap.add_argument("--n", type=int, default=None, help="rows (default 1,000,000 for fit, 100,000 for nos)")
     ap.add_argument("--d", type=int, default=None, help="dimension (default 768 for fit, 384 for nos)")
     ap.add_argument("--k", type=int, default=10)
@@ -415,6 +474,8 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where the fit benchmark writes its temporary files")
     ap.add_argument("--keep", default=None, help="write (or reuse) the fit files in this folder and keep them")
     ap.add_argument("--cli", action="store_true", help="also time the whole `sjalign fit-map` command (in-process)")
+    ap.add_argument("--kinds", default=None, help="fit: only these steps, comma-separated (e.g. fit_auto,cli_auto); "
+                    "the summary line needs all of them")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     opts = ap.parse_args()
     result = {}
@@ -425,21 +486,29 @@ def main() -> None:
         sec, rat, cpu = r["seconds"], r["ratio"], r["cpu_ratio"]
         extra = "".join(f"; `sjalign fit-map` {k[4:]} {sec[k]['median']:.2f} s (ratio {rat[k]['median']:.2f})"
                         for k in sec if k.startswith("cli"))
-        say(f"fit n={r['n']} d={r['d']} threads={r['threads'] or 'default'}: baseline torch X.T@X from the file "
-              f"{sec['baseline_torch_mmap']['median']:.2f} s (in memory {sec['baseline_compute_only']['median']:.2f} s, "
-              f"numpy syrk {sec['baseline_numpy_syrk']['median']:.2f} s); fit float32 "
-              f"{sec['fit_float32']['median']:.2f} s -> ratio {rat['fit_float32']['median']:.2f} "
-              f"(spread {rat['fit_float32']['min']:.2f}-{rat['fit_float32']['max']:.2f}, cpu-time ratio "
-              f"{cpu['fit_float32']['median']:.2f}; target <= 1.5), float64 {sec['fit_float64']['median']:.2f} s -> "
-              f"ratio {rat['fit_float64']['median']:.2f} (cpu {cpu['fit_float64']['median']:.2f}){extra}; "
-              f"peak extra private memory float32 {r['peak_extra_anon_mib']['fit_float32']:.0f} MiB (bound "
-              f"{r['memory_bound_mib_float32']:.0f} + ids {r['id_arrays_mib']:.0f}), float64 "
-              f"{r['peak_extra_anon_mib']['fit_float64']:.0f} MiB (bound {r['memory_bound_mib_float64']:.0f} + ids), "
-              f"with mapped file pages {r['peak_extra_mib']['fit_float32']:.0f} / {r['peak_extra_mib']['fit_float64']:.0f} "
-              f"MiB; baseline {r['peak_extra_mib']['baseline_torch_mmap']:.0f} MiB; "
-              f"planted map recovered to {r['map_rel_error_float32']:.1e} / {r['map_rel_error_float64']:.1e}; "
-              f"{r['moment_threads']} moment thread(s); "
-              f"load average {r['load_average'][0]:.1f}")
+        if not opts.kinds:
+            say(f"fit n={r['n']} d={r['d']} threads={r['threads'] or 'default'}: baseline torch X.T@X from the file "
+                  f"{sec['baseline_torch_mmap']['median']:.2f} s (in memory {sec['baseline_compute_only']['median']:.2f} s, "
+                  f"numpy syrk {sec['baseline_numpy_syrk']['median']:.2f} s); fit auto (chose {r['auto_chose']}) "
+                  f"{sec['fit_auto']['median']:.2f} s -> ratio {rat['fit_auto']['median']:.2f} "
+                  f"(spread {rat['fit_auto']['min']:.2f}-{rat['fit_auto']['max']:.2f}; target <= 1.6), float32 "
+                  f"{sec['fit_float32']['median']:.2f} s -> ratio {rat['fit_float32']['median']:.2f} "
+                  f"(spread {rat['fit_float32']['min']:.2f}-{rat['fit_float32']['max']:.2f}, cpu-time ratio "
+                  f"{cpu['fit_float32']['median']:.2f}; target <= 1.5), float64 {sec['fit_float64']['median']:.2f} s -> "
+                  f"ratio {rat['fit_float64']['median']:.2f} (cpu {cpu['fit_float64']['median']:.2f}){extra}; "
+                  f"peak extra private memory float32 {r['peak_extra_anon_mib']['fit_float32']:.0f} MiB (bound "
+                  f"{r['memory_bound_mib_float32']:.0f} + ids {r['id_arrays_mib']:.0f}), float64 "
+                  f"{r['peak_extra_anon_mib']['fit_float64']:.0f} MiB (bound {r['memory_bound_mib_float64']:.0f} + ids), "
+                  f"with mapped file pages {r['peak_extra_mib']['fit_float32']:.0f} / {r['peak_extra_mib']['fit_float64']:.0f} "
+                  f"MiB; baseline {r['peak_extra_mib']['baseline_torch_mmap']:.0f} MiB; "
+                  f"planted map recovered to {r['map_rel_error_auto']:.1e} / {r['map_rel_error_float32']:.1e} / "
+                  f"{r['map_rel_error_float64']:.1e} (auto / float32 / float64); "
+                  f"{r['moment_threads']} moment thread(s); "
+                  f"load average {r['load_average'][0]:.1f}")
+        else:
+            say(f"fit n={r['n']} d={r['d']}: " + "; ".join(
+                f"{k} {sec[k]['median']:.2f} s, ratio {rat[k]['median']:.2f} ({rat[k]['min']:.2f}-{rat[k]['max']:.2f})"
+                for k in sec) + f"; auto chose {r['auto_chose']}; load average {r['load_average'][0]:.1f}")
     if opts.what in ("nos", "all"):
         o = argparse.Namespace(**{**vars(opts), "n": opts.n or 100_000, "d": opts.d or 384, "reps": opts.reps or 2})
         r = result["nos"] = bench_nos(o)
@@ -451,6 +520,16 @@ def main() -> None:
               f"target <= 1024); NOS@{r['k']} {r['nos']['sjalign']:.6f} vs {r['nos']['sklearn']:.6f}, "
               f"identical neighbour sets in {r['subsample_rows_with_identical_sets']} sampled rows; "
               f"load average {r['load_average'][0]:.1f}")
+    if opts.what == "precision":
+        r = result["precision"] = bench_precision(opts)
+        say("| A -> B | method | κ | pilot κ | auto | ‖W₃₂ − W₆₄‖/‖W₆₄‖ | R² (float64) | |ΔR²| float32 | κ(W) float64 "
+            "| κ(W) float32 | κ(W) auto |")
+        say("|---|---|---|---|---|---|---|---|---|---|---|")
+        for row in r["pairs"]:
+            kw = row["kappa_w"]
+            say(f"| {row['a']} -> {row['b']} | {row['method']} | {row['kappa']:.2g} | {row['kappa_pilot']:.2g} | "
+                f"{row['auto_chose']} | {row['w_rel_diff_float32']:.1e} | {row['r2_float64']:.4f} | "
+                f"{row['r2_abs_diff_float32']:.1e} | {kw['float64']:.2g} | {kw['float32']:.2g} | {kw['auto']:.2g} |")
     if opts.what == "memory":
         if opts.threads:  # before numpy loads its BLAS (this process measures, no subprocess)
             for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -35,8 +35,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     A file hashed before in this process and not changed since (same device, inode, size and
     modification time in ns) is not read again: checking a shard index and recording the same
     shards' digests in a map's provenance cost one read, not two."""
-    st = os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = _digest_key(path)
     if key not in _DIGESTS:
         digest = hashlib.sha256()
         with open(path, "rb") as f:
@@ -44,6 +43,18 @@ def sha256_file(path: str | os.PathLike) -> str:
                 digest.update(block)
         _DIGESTS[key] = digest.hexdigest()
     return _DIGESTS[key]
+
+
+def _digest_key(path: str | os.PathLike) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def remember_sha256(path: str | os.PathLike, digest: str, key: tuple[int, int, int, int]) -> None:
+    """Record a digest computed elsewhere (e.g. while scanning the file) for :func:`sha256_file`;
+    ``key`` is the file's identity taken *before* it was read, so a file changed meanwhile is read again."""
+    if _digest_key(path) == key:
+        _DIGESTS[key] = digest
 
 
 def provenance(command: str, config: Mapping | None = None,

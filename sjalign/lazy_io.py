@@ -25,6 +25,7 @@ _NUMPY_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype
 _FLOAT_CODES = (*_NUMPY_DTYPES, "BF16")
 _INT_CODES = ("I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL")
 _HEADER_LIMIT = 100_000_000  # safetensors refuses larger headers too
+GATHER_SPAN_BYTES = 64 << 20  # bytes of the file one mapping of a row gather covers
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, int]:
@@ -103,10 +104,11 @@ class LazyLatents:
     The small tensors (``state_ids``, ``labels``, ``split``) are read when the file is opened;
     rows of ``latents`` (n, d) only when asked for:
 
-    * a contiguous range of rows through ``safetensors.safe_open(path, "pt").get_slice``,
-      which maps the file and hands back a view of just those rows (no copy until the caller
-      copies them into its own buffer); the file is unmapped again after each read, so a
-      reader never holds more of the file in memory than the rows it asked for;
+    * a contiguous range of rows through ``np.memmap`` of just those rows' bytes, copied into
+      the caller's buffer and unmapped again, so a reader never holds more of the file in memory
+      than the rows it asked for (bfloat16, which numpy lacks, through
+      ``safetensors.safe_open(path, "pt").get_slice``: that path costs ≈ 50 ms per call in page
+      faults of a fresh mapping of the whole file, 12× the copy itself for 4,096 rows of 768);
     * scattered rows (ascending) through ``np.memmap`` of the byte range that covers them,
       which touches only the pages of those rows (the documented fallback for row gathers).
 
@@ -155,14 +157,21 @@ class LazyLatents:
             out: (stop − start, d) float32 or float64 buffer to fill (allocated when None).
             shift: (d,) subtracted from every row on the way in (None: no shift).
         """
-        from safetensors import safe_open
-
         if out is None:
             out = np.empty((stop - start, self.dim), np.float32)
-        with safe_open(str(self.path), framework="pt") as f:
-            block = f.get_slice("latents")[start:stop]
-        src = block.numpy() if self.dtype in _NUMPY_DTYPES else block.float().numpy()
+        if stop <= start:
+            return out
+        if self.dtype in _NUMPY_DTYPES:  # a mapping of just these rows' bytes, dropped after the copy
+            dt = _NUMPY_DTYPES[self.dtype]
+            src = np.memmap(self.path, dtype=dt, mode="r", offset=self.data_offset + start * self.dim * dt.itemsize,
+                            shape=(stop - start, self.dim))
+        else:  # bfloat16 has no numpy dtype: a view through safetensors, converted
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), framework="pt") as f:
+                src = f.get_slice("latents")[start:stop].float().numpy()
         _copy_shifted(src, out, shift)
+        del src
         return out
 
     def take_rows(self, rows: np.ndarray, *, out: np.ndarray | None = None,
@@ -173,21 +182,28 @@ class LazyLatents:
             out = np.empty((len(rows), self.dim), np.float32)
         if len(rows) == 0:
             return out
-        lo, hi = int(rows[0]), int(rows[-1]) + 1
-        if self.dtype in _NUMPY_DTYPES:
-            dt = _NUMPY_DTYPES[self.dtype]
-            span = np.memmap(self.path, dtype=dt, mode="r", offset=self.data_offset + lo * self.dim * dt.itemsize,
-                             shape=(hi - lo, self.dim))
-            src = np.take(span, rows - lo, axis=0)
-            del span
-        else:  # bfloat16 has no numpy dtype: a view of the covering rows through safetensors
+        if self.dtype not in _NUMPY_DTYPES:  # bfloat16 has no numpy dtype: a view of the covering rows
             from safetensors import safe_open
 
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
             with safe_open(str(self.path), framework="pt") as f:
                 span = f.get_slice("latents")[lo:hi]
-            src = span[rows - lo].float().numpy()
+            _copy_shifted(span[rows - lo].float().numpy(), out, shift)
+            return out
+        # one mapping per GATHER_SPAN_BYTES of the file, unmapped once its rows are copied: the kernel maps
+        # whole page-cache folios around each touched row, so one mapping of a sparse gather's whole span
+        # would count most of the file in the process's resident memory
+        dt = _NUMPY_DTYPES[self.dtype]
+        span_rows = max(1, GATHER_SPAN_BYTES // (self.dim * dt.itemsize))
+        i = 0
+        while i < len(rows):
+            first = int(rows[i])
+            j = int(np.searchsorted(rows, first + span_rows, side="left"))
+            span = np.memmap(self.path, dtype=dt, mode="r", offset=self.data_offset + first * self.dim * dt.itemsize,
+                             shape=(int(rows[j - 1]) - first + 1, self.dim))
+            _copy_shifted(np.take(span, rows[i:j] - first, axis=0), out[i:j], shift)
             del span
-        _copy_shifted(src, out, shift)
+            i = j
         return out
 
     def iter_rows(self, chunk: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
@@ -212,6 +228,86 @@ class LazyLatents:
     def load(self) -> Latents:
         """The whole file in memory, validated (:func:`load_latents`)."""
         return load_latents(self.path)
+
+
+def hash_and_scan(lat: LazyLatents, *, block_bytes: int = 4 << 20) -> tuple[str, int]:
+    """SHA-256 of ``lat``'s file and its number of ``latents`` rows holding NaN or Inf, from one
+    sequential read (the digest equals :func:`sjalign.io.sha256_file`'s, and is remembered for it).
+
+    Returns:
+        (hex digest, non-finite rows).
+    """
+    import hashlib
+
+    from sjalign.io import _digest_key, remember_sha256
+
+    key = _digest_key(lat.path)
+    itemsize = 2 if lat.dtype == "BF16" else _NUMPY_DTYPES[lat.dtype].itemsize
+    row_bytes = lat.dim * itemsize
+    rows_per_block = max(1, block_bytes // max(row_bytes, 1))
+    digest, bad = hashlib.sha256(), 0
+    with open(lat.path, "rb") as f:
+        digest.update(f.read(lat.data_offset))  # header and any tensor stored before the latents
+        for start in range(0, lat.n, rows_per_block):
+            m = min(rows_per_block, lat.n - start)
+            raw = f.read(m * row_bytes)
+            if len(raw) != m * row_bytes:
+                raise SjalignError(f"{lat.path}: file ends inside 'latents'")
+            digest.update(raw)
+            if lat.dtype == "BF16":  # exponent bits all set: Inf or NaN
+                nonfinite = (np.frombuffer(raw, "<u2").reshape(m, lat.dim) & 0x7F80) == 0x7F80
+                bad += int(nonfinite.any(axis=1).sum())
+            else:
+                block = np.frombuffer(raw, _NUMPY_DTYPES[lat.dtype]).reshape(m, lat.dim)
+                if not quick_finite(block):
+                    bad += int((~np.isfinite(block)).any(axis=1).sum())
+        for rest in iter(lambda: f.read(block_bytes), b""):
+            digest.update(rest)
+    hexdigest = digest.hexdigest()
+    remember_sha256(lat.path, hexdigest, key)
+    return hexdigest, bad
+
+
+class BackgroundScan:
+    """:func:`hash_and_scan` of every shard of some latent sets, in a daemon thread.
+
+    Used by ``fit-map`` so that the SHA-256 its map records and the check for NaN/Inf rows cost one
+    read of each file between them, alongside the fit's own pass (hashlib and numpy release the GIL
+    on large blocks). A daemon thread never holds up the interpreter's exit when the command fails first.
+    """
+
+    def __init__(self, sets: Sequence["LatentsSet"]) -> None:
+        import threading
+
+        self._shards = [shard for lset in sets for shard in lset.shards]
+        self._out: dict[str, tuple[str, int]] = {}
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sjalign-scan")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for shard in self._shards:
+                if str(shard.path) not in self._out:
+                    self._out[str(shard.path)] = hash_and_scan(shard)
+        except BaseException as exc:  # noqa: BLE001  (re-raised by result())
+            self._error = exc
+
+    def result(self) -> dict[str, str]:
+        """``{str(path): sha256}`` once every file is read.
+
+        Raises:
+            SjalignError: a shard whose ``latents`` hold NaN or Inf (the first one, named, with the count).
+            OSError: a file that could not be read.
+        """
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        for shard in self._shards:
+            bad = self._out[str(shard.path)][1]
+            if bad:
+                raise SjalignError(f"{shard.name}: 'latents' contains NaN or Inf in {bad} of {shard.n} rows")
+        return {path: digest for path, (digest, _) in self._out.items()}
 
 
 def quick_finite(block: np.ndarray) -> bool:

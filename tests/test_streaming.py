@@ -120,13 +120,21 @@ def test_open_latents_reads_small_tensors_and_rows_on_demand(tmp_path, monkeypat
     assert ("tensor", "latents") not in asked and lat.shape == (40, 5) and lat.dtype == "F32"
     np.testing.assert_array_equal(lat.state_ids, ids)
     np.testing.assert_array_equal(lat.split, np.arange(40) % 2)
-    np.testing.assert_array_equal(lat.read_rows(10, 17), x[10:17])
-    assert asked[-1] == ("slice", "latents", 10, 17)
+    np.testing.assert_array_equal(lat.read_rows(10, 17), x[10:17])  # a mapping of those rows' bytes
     rows = np.array([0, 3, 4, 21, 39])
     out = np.empty((5, 5), np.float64)
     lat.take_rows(rows, out=out, shift=np.full(5, 2.0))
     np.testing.assert_allclose(out, x[rows].astype(np.float64) - 2.0, rtol=0, atol=1e-6)
     assert ("tensor", "latents") not in asked
+    # a gather maps at most GATHER_SPAN_BYTES of the file at a time (here 3 rows of 5 float32)
+    import sjalign.lazy_io as lazy_io
+
+    spans = []
+    real_memmap = np.memmap
+    monkeypatch.setattr(lazy_io, "GATHER_SPAN_BYTES", 3 * 5 * 4)
+    monkeypatch.setattr(lazy_io.np, "memmap", lambda *a, **k: (spans.append(k["shape"][0]), real_memmap(*a, **k))[1])
+    np.testing.assert_array_equal(lat.take_rows(rows), x[rows])
+    assert spans == [1, 2, 1, 1] and max(spans) <= 3  # rows 0 | 3, 4 | 21 | 39
 
 
 def test_write_latents_stream_round_trip_and_no_partial_file(tmp_path):
@@ -261,6 +269,59 @@ def test_streamed_sharded_fit_equals_in_memory_fit(sharded, method, lam):
             assert amap.info["lambda_cv_mse"][key] == pytest.approx(v, rel=1e-4)
 
 
+
+def _collapsed(n=3000, d_a=12, d_b=5, seed=0):
+    """Nearly collapsed sources, as trained JEPA latents often are: rank 2 plus noise 1e-4 (κ(C_aa) ~ 1e8)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 2))
+    x = z @ rng.normal(size=(2, d_a)) + 1e-4 * rng.normal(size=(n, d_a)) + 3.0
+    y = z @ rng.normal(size=(2, d_b)) + 0.1 * rng.normal(size=(n, d_b))
+    return x.astype(np.float32), y.astype(np.float32), np.arange(n)
+
+
+@pytest.mark.parametrize("method, lam", [("ridge", 1e-3), ("ridge", "auto"), ("lstsq", 0.0), ("procrustes", 0.0)])
+def test_auto_precision_is_float32_only_where_the_fit_is_well_conditioned(tmp_path, method, lam):
+    """auto gives bit for bit the float32 fit on well-conditioned latents and the float64 fit on collapsed ones."""
+    from sjalign.align.streaming import U32, conditioning
+
+    xg, yg, ids, _ = _planted(n=600, d_b=10)
+    xc, yc, idc = _collapsed(d_a=10, d_b=10)
+    for name, (x, y, i), want in (("good", (xg, yg, ids), "float32"), ("collapsed", (xc, yc, idc), "float64")):
+        a = open_latents_set([make_latents(tmp_path / f"{name}_a.safetensors", x, i)])
+        b = open_latents_set([make_latents(tmp_path / f"{name}_b.safetensors", y, i)])
+        paired = pair_rows(a, b)
+        train = choose_split(paired.as_pairs(), seed=0).train
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", IllConditionedWarning)
+            auto = fit_map_streaming(a, b, paired, train, method=method, lam=lam, chunk=256)
+            fixed = fit_map_streaming(a, b, paired, train, method=method, lam=lam, chunk=256, precision=want)
+        assert auto.info["precision"] == want, (name, auto.info)
+        np.testing.assert_array_equal(auto.W, fixed.W)
+        assert auto.info["precision_auto"]["pilot_pairs"] == min(int(train.sum()), 4096)
+        std = accumulate(x[paired.rows_a[train]], y[paired.rows_b[train]]).standardised()
+        full = conditioning(std, method, lam)  # the pilot holds every pair here: its κ is the full one
+        assert auto.info["precision_auto"]["kappa_pilot"] == pytest.approx(full, rel=1e-3)
+        assert (full * U32 <= 1e-4) == (want == "float32")
+        if want == "float32":
+            assert auto.info["precision_auto"]["refit"] is False
+
+
+def test_auto_precision_refits_in_float64_when_the_pilot_was_wrong(sharded, monkeypatch):
+    import sjalign.align.streaming as streaming
+
+    a_shards, b_shards, *_ = sharded
+    a, b = open_latents_set(a_shards), open_latents_set(b_shards)
+    paired = pair_rows(a, b)
+    train = choose_split(paired.as_pairs(), seed=0).train
+    answers = iter([10.0, 1e9])  # the pilot's κ, then the full moments'
+    monkeypatch.setattr(streaming, "conditioning", lambda *args: next(answers))
+    amap = fit_map_streaming(a, b, paired, train)
+    assert amap.info["precision"] == "float64"
+    assert amap.info["precision_auto"] == {"kappa_pilot": 10.0, "pilot_pairs": int(train.sum()), "kappa": 1e9,
+                                           "refit": True}
+    np.testing.assert_array_equal(amap.W, fit_map_streaming(a, b, paired, train, precision="float64").W)
+
+
 def test_shards_equal_one_file(sharded):
     a_shards, b_shards, a_whole, b_whole = sharded
     fits = []
@@ -352,21 +413,43 @@ def test_non_finite_train_row_names_the_file(tmp_path):
         stream_moments(a_set, b_set, paired.rows_a, paired.rows_b, chunk=30)
 
 
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+def test_hash_and_scan_is_the_files_sha256_and_counts_non_finite_rows(tmp_path, dtype):
+    """One read gives sha256_file's digest and check_finite's count, whatever the dtype and tensor order."""
+    import hashlib
+
+    from safetensors.torch import save_file as save_torch
+
+    from sjalign.lazy_io import hash_and_scan
+
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(1000, 7)).astype(np.float32))
+    x[[3, 500, 999], [0, 6, 2]] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    x[500, 1] = float("nan")  # a second bad value in a bad row
+    path = tmp_path / f"{dtype}.safetensors"
+    save_torch({"latents": x.to(getattr(torch, dtype)), "state_ids": torch.arange(1000), "a_extra": torch.ones(3)},
+               str(path), metadata={"sjalign.format": "latents/1"})
+    lat = open_latents(path)
+    digest, bad = hash_and_scan(lat, block_bytes=7 * 2 * 64)  # many blocks, the last one partial
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert bad == 3 == lat.count_nonfinite_rows()
+
+
 # ---------------------------------------------------------------- the fit-map / apply-map CLI
 
 def test_cli_fit_map_shards_equal_one_file_and_record_every_hash(runner, sharded, tmp_path):
     a_shards, b_shards, a_whole, b_whole = sharded
     one, many = tmp_path / "one.safetensors", tmp_path / "many.safetensors"
-    res = run(runner, "fit-map", a_whole, b_whole, "-o", one, "--json")
+    res = run(runner, "fit-map", a_whole, b_whole, "-o", one, "--json", "--precision", "float64")
     assert res.exit_code == 0, res.stderr
     res = run(runner, "fit-map", ",".join(map(str, a_shards)), ",".join(map(str, b_shards)), "-o", many,
-                  "--json", "--chunk-rows", "128")
+              "--json", "--chunk-rows", "128", "--precision", "float64")
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["shards_a"] == 4 and out["shards_b"] == 2 and out["n_train"] == 720 and out["n_test"] == 180
     m1, _ = load_map(one)
     m2, meta = load_map(many)
-    assert _rel(m2.W, m1.W) < 1e-9  # float64 by default
+    assert _rel(m2.W, m1.W) < 1e-9
     np.testing.assert_array_equal(m1.train_state_ids, m2.train_state_ids)
     ref, *_ = _reference(a_whole, b_whole)
     assert _rel(m2.W, ref.W) < 1e-9
@@ -500,6 +583,17 @@ def test_cli_constant_features_warn_and_all_constant_is_an_error(runner, tmp_pat
 def test_cli_fit_map_bad_precision(runner, sharded, tmp_path):
     _, _, a_whole, b_whole = sharded
     one_error_line(run(runner, "fit-map", a_whole, b_whole, "-o", tmp_path / "m", "--precision", "half"), "half")
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_fit_map_reports_the_precision_auto_chose(runner, sharded, tmp_path):
+    _, _, a_whole, b_whole = sharded
+    res = run(runner, "fit-map", a_whole, b_whole, "-o", tmp_path / "m.safetensors", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["precision"] == "float32" and out["precision_auto"]["refit"] is False  # well-conditioned latents
+    assert out["precision_auto"]["kappa_pilot"] * 2.0**-24 <= 1e-4
+    assert load_map(tmp_path / "m.safetensors")[0].info["precision"] == "float32"
 
 
 # ---------------------------------------------------------------- tiled neighbours

@@ -33,11 +33,18 @@ from typing import Callable
 import numpy as np
 
 from sjalign.align.maps import DEFAULT_LAMBDA, LAMBDA_GRID, AlignmentMap, map_from_moments, solve_ridge
-from sjalign.align.moments import Moments, chunk_sums
+from sjalign.align.moments import Moments, Standardised, chunk_sums
 from sjalign.errors import OptionError, ShapeError, SjalignError
 from sjalign.lazy_io import DEFAULT_CHUNK_ROWS, LatentsSet
 
-PRECISIONS = ("float32", "float64")
+PRECISIONS = ("auto", "float32", "float64")
+# precision "auto": float32 chunk products only where they cannot matter. Measured on real, nearly
+# collapsed latents (docs/results.md, "The default precision"), float32 products move W by about
+# κ·u₃₂/10 relative (κ of the matrix the fit inverts, u₃₂ = 2⁻²⁴) and the smallest singular values of W
+# far more; so float32 is used when κ·u₃₂ ≤ AUTO_MAX_ERROR, float64 otherwise.
+U32 = 2.0**-24
+AUTO_MAX_ERROR = 1e-4  # i.e. κ ≤ 1,678
+PILOT_PAIRS = 4096  # pairs (evenly spaced over the train pairs; at least 2·d_a) whose moments estimate κ
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,7 @@ def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.
     """
     from threadpoolctl import threadpool_limits
 
-    if precision not in PRECISIONS:
+    if precision not in ("float32", "float64"):
         raise OptionError(f"{{precision}} '{precision}': use float32 or float64")
     dtype = np.dtype(precision)
     rows_a, rows_b = np.asarray(rows_a), np.asarray(rows_b)
@@ -274,9 +281,50 @@ def choose_lambda_from_folds(folds: list[Moments], *, grid: tuple[float, ...] = 
     return best, scores
 
 
+def conditioning(std: Standardised, method: str, lam: float | str) -> float:
+    """κ of what a fit of ``method`` inverts, from standardised moments (constant features left out).
+
+    ridge: κ(C_aa + λI) (``lam="auto"``: the smallest λ of :data:`LAMBDA_GRID`, the worst case);
+    lstsq: κ(C_aa); procrustes: σ_max / σ_min of C_ab (the polar factor's sensitivity to a
+    perturbation of C_ab grows like 1 / σ_min). ``inf`` for a singular matrix.
+    """
+    keep_a = np.setdiff1d(np.arange(len(std.a_std)), std.constant_a)
+    if method == "procrustes":
+        keep_b = np.setdiff1d(np.arange(len(std.b_std)), std.constant_b)
+        s = np.linalg.svd(std.c_ab[np.ix_(keep_a, keep_b)], compute_uv=False)
+        lo, hi = (s[-1], s[0]) if len(s) else (1.0, 1.0)
+    else:
+        shift = 0.0 if method == "lstsq" else (min(LAMBDA_GRID) if lam == "auto" else float(lam))
+        ev = np.linalg.eigvalsh(std.c_aa[np.ix_(keep_a, keep_a)]) + shift
+        lo, hi = (ev[0], ev[-1]) if len(ev) else (1.0, 1.0)
+    return float(hi / lo) if lo > 0 else float("inf")
+
+
+def choose_precision(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.ndarray, *, method: str,
+                     lam: float | str, chunk: int = DEFAULT_CHUNK_ROWS) -> tuple[str, dict]:
+    """The chunk precision of ``precision="auto"``: float32 where κ·u₃₂ ≤ :data:`AUTO_MAX_ERROR`.
+
+    κ (:func:`conditioning`) is estimated from the float64 moments of a pilot of
+    max(:data:`PILOT_PAIRS`, 2·d_a) pairs evenly spaced over ``rows_a, rows_b`` (all of them when
+    there are fewer). With fewer samples the smallest eigenvalues of a sample covariance come out
+    smaller (Marchenko–Pastur), so the pilot's κ errs towards float64.
+
+    Returns:
+        ("float32" or "float64", {"kappa_pilot": κ, "pilot_pairs": m}).
+    """
+    n = len(rows_a)
+    m = min(n, max(PILOT_PAIRS, 2 * a.dim))
+    take = np.unique(np.linspace(0, n - 1, m).round().astype(np.int64))
+    pilot = stream_moments(a, b, rows_a[take], rows_b[take], chunk=chunk, precision="float64", workers=1,
+                           prefetch=False)[0]
+    kappa = conditioning(pilot.standardised(), method, lam)
+    precision = "float32" if kappa * U32 <= AUTO_MAX_ERROR else "float64"
+    return precision, {"kappa_pilot": kappa, "pilot_pairs": len(take)}
+
+
 def fit_map_streaming(a: LatentsSet, b: LatentsSet, paired: PairedRows, train: np.ndarray, *,
                       method: str = "ridge", lam: float | str = DEFAULT_LAMBDA, seed: int = 0,
-                      chunk: int = DEFAULT_CHUNK_ROWS, precision: str = "float64", folds: int = 5,
+                      chunk: int = DEFAULT_CHUNK_ROWS, precision: str = "auto", folds: int = 5,
                       lstsq_fallback: bool = True, progress: Callable[[int], None] | None = None) -> AlignmentMap:
     """Fit W (z_b ≈ W z_a) on the train pairs, streaming both sets' rows from their files.
 
@@ -286,15 +334,22 @@ def fit_map_streaming(a: LatentsSet, b: LatentsSet, paired: PairedRows, train: n
         train: (n_pairs,) bool mask over ``paired`` (e.g. ``choose_split(...).train``).
         method, lam: as :func:`sjalign.align.fit_map`; ``lam="auto"`` is ``folds``-fold CV with the
             same fold draw as :func:`sjalign.align.choose_lambda` (seeded by ``seed``).
-        chunk, precision, progress: see :func:`stream_moments`.
+        precision: ``auto`` (default: float32 chunk products where the conditioning of the fit
+            makes them harmless, float64 elsewhere; :func:`choose_precision`, then checked on the
+            full moments and refitted in float64 if the pilot was wrong), ``float32`` or ``float64``.
+        chunk, progress: see :func:`stream_moments`.
         lstsq_fallback: see :func:`sjalign.align.map_from_moments` (on by default here: the CLI rule).
 
     Returns:
-        The map; ``info`` records ``precision`` and ``chunk_rows`` (and the CV scores for λ auto).
+        The map; ``info`` records ``precision`` (the one used), ``chunk_rows``, with ``auto`` the
+        pilot's κ and size, the full moments' κ and whether a float64 refit was needed
+        (``precision_auto``), and the CV scores for λ auto.
 
     Raises:
-        SjalignError: bad method / λ, too few pairs, non-finite latents.
+        SjalignError: bad method / λ / precision, too few pairs, non-finite latents.
     """
+    if precision not in PRECISIONS:
+        raise OptionError(f"{{precision}} '{precision}': use {', '.join(PRECISIONS)}")
     train = np.asarray(train, dtype=bool)
     if train.all():  # no copies of the O(n) id and row arrays
         train_ids, rows_a, rows_b = paired.state_ids, paired.rows_a, paired.rows_b
@@ -302,21 +357,36 @@ def fit_map_streaming(a: LatentsSet, b: LatentsSet, paired: PairedRows, train: n
         train_ids, rows_a = paired.state_ids[train], paired.rows_a[train]
         rows_b = rows_a if paired.rows_b is paired.rows_a else paired.rows_b[train]
     n = len(train_ids)
-    info: dict = {"precision": precision, "chunk_rows": int(chunk)}
     if lam == "auto":
         if method != "ridge":
             raise OptionError("{lam} auto applies to {method} ridge only")
         if n < 2 * folds:
             raise OptionError(f"{{lam}} auto needs at least {2 * folds} training pairs, got {n}")
-        fold_of = np.random.default_rng(seed).permutation(n) % folds  # as choose_lambda, over ids in order
-        parts = stream_moments(a, b, rows_a, rows_b, chunk=chunk, precision=precision, groups=fold_of,
-                               n_groups=folds, progress=progress)
-        lam, scores = choose_lambda_from_folds(parts)
+    info: dict = {"chunk_rows": int(chunk)}
+    used = precision
+    if precision == "auto":
+        used, info["precision_auto"] = choose_precision(a, b, rows_a, rows_b, method=method, lam=lam, chunk=chunk)
+    while True:
+        if lam == "auto":
+            fold_of = np.random.default_rng(seed).permutation(n) % folds  # as choose_lambda, over ids in order
+            parts = stream_moments(a, b, rows_a, rows_b, chunk=chunk, precision=used, groups=fold_of,
+                                   n_groups=folds, progress=progress)
+            mom = sum(parts[1:], parts[0])
+        else:
+            mom = stream_moments(a, b, rows_a, rows_b, chunk=chunk, precision=used, progress=progress)[0]
+        std = mom.standardised()
+        if precision != "auto" or used == "float64":
+            break
+        kappa = conditioning(std, method, lam)  # the pilot's estimate, checked on all the train pairs
+        info["precision_auto"].update(kappa=kappa, refit=kappa * U32 > AUTO_MAX_ERROR)
+        if not info["precision_auto"]["refit"]:
+            break
+        used = "float64"
+    fit_lam = lam
+    if lam == "auto":
+        fit_lam, scores = choose_lambda_from_folds(parts)
         info["lambda_cv_mse"] = {f"{k:g}": v for k, v in scores.items()}
-        mom = sum(parts[1:], parts[0])
-    else:
-        mom = stream_moments(a, b, rows_a, rows_b, chunk=chunk, precision=precision, progress=progress)[0]
-    amap = map_from_moments(mom.standardised(), train_ids, method=method, lam=float(lam),
-                            lstsq_fallback=lstsq_fallback)
+    amap = map_from_moments(std, train_ids, method=method, lam=float(fit_lam), lstsq_fallback=lstsq_fallback)
+    info["precision"] = used
     amap.info.update(info)
     return amap
