@@ -35,7 +35,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     A file hashed before in this process and not changed since (same device, inode, size and
     modification time in ns) is not read again: checking a shard index and recording the same
     shards' digests in a map's provenance cost one read, not two."""
-    key = _digest_key(path)
+    key = file_identity(path)
     if key not in _DIGESTS:
         digest = hashlib.sha256()
         with open(path, "rb") as f:
@@ -45,7 +45,8 @@ def sha256_file(path: str | os.PathLike) -> str:
     return _DIGESTS[key]
 
 
-def _digest_key(path: str | os.PathLike) -> tuple[int, int, int, int]:
+def file_identity(path: str | os.PathLike) -> tuple[int, int, int, int]:
+    """(device, inode, size, modification time in ns): a file's identity for the digest cache."""
     st = os.stat(path)
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
@@ -53,7 +54,7 @@ def _digest_key(path: str | os.PathLike) -> tuple[int, int, int, int]:
 def remember_sha256(path: str | os.PathLike, digest: str, key: tuple[int, int, int, int]) -> None:
     """Record a digest computed elsewhere (e.g. while scanning the file) for :func:`sha256_file`;
     ``key`` is the file's identity taken *before* it was read, so a file changed meanwhile is read again."""
-    if _digest_key(path) == key:
+    if file_identity(path) == key:
         _DIGESTS[key] = digest
 
 

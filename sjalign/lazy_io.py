@@ -239,9 +239,9 @@ def hash_and_scan(lat: LazyLatents, *, block_bytes: int = 4 << 20) -> tuple[str,
     """
     import hashlib
 
-    from sjalign.io import _digest_key, remember_sha256
+    from sjalign.io import file_identity, remember_sha256
 
-    key = _digest_key(lat.path)
+    key = file_identity(lat.path)
     itemsize = 2 if lat.dtype == "BF16" else _NUMPY_DTYPES[lat.dtype].itemsize
     row_bytes = lat.dim * itemsize
     rows_per_block = max(1, block_bytes // max(row_bytes, 1))

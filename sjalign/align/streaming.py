@@ -382,6 +382,8 @@ def fit_map_streaming(a: LatentsSet, b: LatentsSet, paired: PairedRows, train: n
         if not info["precision_auto"]["refit"]:
             break
         used = "float64"
+    if precision == "auto":
+        info["precision_auto"].setdefault("refit", False)
     fit_lam = lam
     if lam == "auto":
         fit_lam, scores = choose_lambda_from_folds(parts)
