@@ -66,7 +66,7 @@ def provenance(command: str, config: Mapping | None = None,
     Args:
         inputs: role -> one path, or a list of paths (the shards of one side). One path is
             recorded as ``{"path", "sha256"}``; several as ``{"shards": [{"path", "sha256"}, ...]}``.
-        hashes: ``str(path) -> sha256`` already computed (e.g. by :func:`hash_files_in_background`
+        hashes: ``str(path) -> sha256`` already computed (e.g. by :class:`sjalign.lazy_io.BackgroundScan`
             while the inputs were being read); the others are hashed here.
     """
     meta = {
@@ -89,42 +89,6 @@ def provenance(command: str, config: Mapping | None = None,
                 record[role] = entry(p)
         meta["inputs"] = json.dumps(record)
     return meta
-
-
-class BackgroundHashes:
-    """SHA-256 of files computed in a daemon thread while the caller reads them.
-
-    hashlib releases the GIL on large updates, so this overlaps with numpy/BLAS work; a
-    daemon thread never holds up the interpreter's exit when the command fails first.
-    """
-
-    def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
-        import threading
-
-        self._out: dict[str, str] = {}
-        self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, args=(list(paths),), daemon=True,
-                                        name="sjalign-sha256")
-        self._thread.start()
-
-    def _run(self, paths: list) -> None:
-        try:
-            for p in paths:
-                self._out[str(p)] = sha256_file(p)
-        except OSError as exc:
-            self._error = exc
-
-    def result(self) -> dict[str, str]:
-        """``{str(path): sha256}`` once every file is hashed; re-raises a read error."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return dict(self._out)
-
-
-def hash_files_in_background(paths: Sequence[str | os.PathLike]) -> BackgroundHashes:
-    """Start SHA-256 of ``paths`` in a daemon thread; ``.result()`` gives ``{str(path): sha256}``."""
-    return BackgroundHashes(paths)
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str],

@@ -432,6 +432,32 @@ def test_a_run_keeps_the_null_it_was_judged_against_and_the_result_is_typed():
     json.dumps(out)  # plain JSON types only
 
 
+def test_sweeps_score_neighbours_on_the_same_subsample_above_max_test():
+    """Each sweep point's NOS@k and retrieval@1 use the rows evaluate_pairs uses; the moment metrics all rows."""
+    from sjalign.metrics import nos_at_k, retrieval_at_1
+    from sjalign.protocol import neighbour_rows, pair_budget_sweep, pair_noise_sweep
+
+    pairs = _pairs(400, seed=4, noise=0.8)
+    split = choose_split(pairs, seed=0)  # 320 train, 80 test pairs
+    n_train = int(split.train.sum())
+    full = pair_budget_sweep(pairs, split, (n_train,), ks=(5,), seed=3, device=CPU, max_test=None)[0]["metrics"]
+    sub = pair_budget_sweep(pairs, split, (n_train,), ks=(5,), seed=3, device=CPU, max_test=30)[0]["metrics"]
+    rows = neighbour_rows(80, 30, 3)
+    assert len(rows) == 30 and neighbour_rows(80, 80, 3) is None and neighbour_rows(80, None, 3) is None
+    # the sweep's map at the full budget is the map of every train pair
+    tr = np.flatnonzero(split.train)
+    amap = fit_map(pairs.x[tr], pairs.y[tr], pairs.state_ids[tr])
+    za, zb = amap.standardise_a(pairs.x[split.test]), amap.standardise_b(pairs.y[split.test])
+    p = za @ amap.W.T
+    assert sub["nos@5"] == pytest.approx(nos_at_k(zb[rows], p[rows], (5,), device=CPU)[5])
+    assert sub["retrieval@1"] == pytest.approx(retrieval_at_1(zb[rows], p[rows], device=CPU))
+    assert full["nos@5"] == pytest.approx(nos_at_k(zb, p, (5,), device=CPU)[5])
+    for key in ("r2", "cka", "mse"):
+        assert sub[key] == full[key]
+    noisy = pair_noise_sweep(pairs, split, (0.0,), ks=(5,), seed=3, device=CPU, max_test=30)[0]["metrics"]
+    assert noisy["nos@5"] == pytest.approx(sub["nos@5"])
+
+
 def test_neighbour_metrics_run_on_a_seeded_reported_subsample_above_max_test():
     from sjalign.metrics import nos_at_k, retrieval_at_1
 

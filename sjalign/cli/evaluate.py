@@ -319,7 +319,7 @@ def evaluate_command(
                           config=dataclasses.asdict(config), control_paths=c_paths,
                           shift_train_classes=None if shift_spec is None else shift_spec.train_classes)
     sweep_kw = dict(**first.amap.refit_options(), ks=ks, seed=split_seeds[0], device=device,
-                    dsc_points=dsc_points)
+                    dsc_points=dsc_points, max_test=max_test)
     if budgets:
         result.pair_budget = pair_budget_sweep(first.pairs, first.split, budgets, **sweep_kw)
     if noises:

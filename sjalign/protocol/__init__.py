@@ -21,7 +21,7 @@ from sjalign.protocol.runs import (
     EvalOptions, Run, evaluate_runs, layer_rows, layerwise_cka, mean_std, run_once, summarise_runs,
 )
 from sjalign.protocol.score import (
-    DEFAULT_MAX_TEST, MAP_FREE_KEYS, evaluate_pairs, fit_on_split, null_map, null_r2_distribution,
+    DEFAULT_MAX_TEST, MAP_FREE_KEYS, evaluate_pairs, fit_on_split, neighbour_rows, null_map, null_r2_distribution,
 )
 from sjalign.protocol.split import Shift, Split, choose_split, random_split, shift_split, transfer_split
 from sjalign.protocol.sweeps import default_budgets, pair_budget_sweep, pair_noise_sweep
@@ -30,6 +30,6 @@ __all__ = [
     "DEFAULT_KS", "DEFAULT_MAX_TEST", "EvalOptions", "EvaluateResult", "MAP_FREE_KEYS", "Run", "Shift", "Split",
     "build_result", "choose_split",
     "default_budgets", "evaluate_pairs", "evaluate_runs", "fit_on_split", "layer_rows", "layerwise_cka", "mean_std",
-    "null_map", "null_r2_distribution", "pair_budget_sweep", "pair_noise_sweep", "random_split", "run_once",
+    "neighbour_rows", "null_map", "null_r2_distribution", "pair_budget_sweep", "pair_noise_sweep", "random_split", "run_once",
     "shift_split", "summarise_runs", "transfer_split",
 ]

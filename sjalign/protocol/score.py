@@ -40,6 +40,14 @@ def null_map(pairs: Pairs, split: Split, amap: AlignmentMap, *, seed: int = 0) -
                             **amap.refit_options())
 
 
+def neighbour_rows(n_test: int, max_test: int | None, seed: int) -> np.ndarray | None:
+    """The test rows NOS@k and retrieval@1 use: None (all of them) up to ``max_test`` test pairs, else a
+    sorted seeded subsample of ``max_test`` rows (the same rows for a map, its null and the sweeps)."""
+    if max_test is None or n_test <= max_test:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_test, max_test, replace=False))
+
+
 def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT_KS, permutations: int = 99,
                    seed: int = 0, device="auto", dsc_points: int = 2000, with_null: bool = True,
                    trim_ks: bool = False, null: AlignmentMap | None = None,
@@ -79,9 +87,9 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
     notes: list[str] = []
     if max_test is not None and max_test < 2:
         raise OptionError(f"{{max_test}} must be at least 2 test pairs, got {max_test}")
-    rows, n_nb = None, n_test
-    if max_test is not None and n_test > max_test:
-        rows, n_nb = np.sort(np.random.default_rng(seed).choice(n_test, max_test, replace=False)), max_test
+    rows = neighbour_rows(n_test, max_test, seed)
+    n_nb = n_test if rows is None else len(rows)
+    if rows is not None:
         notes.append(f"NOS@k and retrieval@1 on a seeded subsample of {max_test} of the {n_test} test pairs "
                      "(exact kNN among them); the other metrics on all")
     bad_k = [k for k in ks if not 1 <= k < n_nb]
