@@ -10,8 +10,9 @@ epoch-0 weights) and with other seeds. A linear probe trained on A is moved to B
 with zero gradient steps, for the trained and for the untrained pair.
 
 Every step is a real ``sjalign`` command, printed before it runs and run by the command line's own
-entry point in this one process (24 separate processes would each pay ≈ 3.5 s to start Python and
-torch, about 1.4 of the demo's 10.8 minutes); every artifact lands under ``--out``::
+entry point in this one process (as 24 separate processes, each starting Python and torch and loading
+the data again, the same demo took 10.8 minutes instead of 7.5, with the same results); every artifact
+lands under ``--out``::
 
     python examples/demo.py --out runs/demo            # about 7.5 minutes on 2 CPU cores
     python examples/demo.py --out runs/big --max-states 70000 --epochs 20 --num-views 4   # the full dataset
