@@ -196,6 +196,24 @@ def test_null_r2_distribution_matches_bruteforce_refits(method, lam, shape):
     assert len(set(np.round(fast, 8))) == perms  # distinct permutations, not one repeated
 
 
+def test_null_r2_distribution_is_the_same_in_chunks_of_rows(monkeypatch):
+    """The shuffled C_ab summed chunk by chunk equals the product of the whole standardised arrays."""
+    import sjalign.protocol.score as score
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(250, 6)) * 3 + 5
+    y = x @ rng.normal(size=(6, 4)) + rng.normal(size=(250, 4))
+    kw = dict(method="ridge", lam=1e-3, permutations=4, seed=2)
+    whole = null_r2_distribution(x[:200], y[:200], x[200:], y[200:], **kw)
+    monkeypatch.setattr(score, "ROW_CHUNK", 7)  # 29 chunks, the last one partial
+    np.testing.assert_allclose(null_r2_distribution(x[:200], y[:200], x[200:], y[200:], **kw), whole, rtol=0,
+                               atol=1e-12)
+    perm = np.random.default_rng(0).permutation(200)
+    zx, zy = (x[:200] - x[:200].mean(0)) / x[:200].std(0), (y[:200] - 1.0) / 2.0
+    np.testing.assert_allclose(score.standardised_gram(x[:200], x[:200].mean(0), x[:200].std(0), y[:200], 1.0, 2.0,
+                                                       rows_v=perm), zx.T @ zy[perm] / 200, rtol=0, atol=1e-12)
+
+
 
 # ---------------------------------------------------------------- sweeps (paper App. B)
 

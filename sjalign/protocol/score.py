@@ -18,6 +18,7 @@ from sjalign.metrics import DEFAULT_KS, effective_rank, r2, score_map
 from sjalign.protocol.split import Split
 
 LOW_RANK_FRACTION = 0.1
+ROW_CHUNK = 65536  # rows standardised at a time for the train-split products (standardised_gram)
 # NOS@k and retrieval@1 are exact kNN over the test pairs (O(n²·d) in tiles); above this many test pairs
 # they run on a seeded subsample of it, reported in the result (evaluate --max-test)
 DEFAULT_MAX_TEST = 50_000
@@ -115,9 +116,8 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
         p_value = (1 + sum(v >= metrics["r2"] for v in null_r2)) / (1 + len(null_r2))
         n_perm = len(null_r2)
 
-    zb_tr = (y_tr - std.b_mean) / std.b_std
     eff_a = effective_rank(std.c_aa)
-    eff_b = effective_rank(zb_tr.T @ zb_tr / len(zb_tr))
+    eff_b = effective_rank(standardised_gram(y_tr, std.b_mean, std.b_std, y_tr, std.b_mean, std.b_std))
     for side, eff, d in (("a", eff_a, amap.d_a), ("b", eff_b, amap.d_b)):
         if eff < LOW_RANK_FRACTION * d:
             notes.append(f"latents {side} are nearly rank-deficient (effective rank {eff:.1f} of {d}): R² and CKA "
@@ -147,14 +147,14 @@ def null_r2_distribution(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y
 
     Permuting target rows leaves the train statistics and C_aa unchanged, so for ridge and
     lstsq the test projection G = Ẑa_test (C_aa + λI)⁻¹ is computed once and each shuffle
-    costs one product: P = G · Ẑa_trainᵀ Ẑb_train[perm] / n. Permutation ``i`` uses the
-    generator seeded ``seed + i``, the same draw as :func:`sjalign.align.shuffled_map`.
+    costs one product: P = G · Ẑa_trainᵀ Ẑb_train[perm] / n (:func:`standardised_gram`, chunk by chunk: no
+    standardised copy of the train split is held). Permutation ``i`` uses the generator seeded
+    ``seed + i``, the same draw as :func:`sjalign.align.shuffled_map`.
     ``std``: the train split's standardised moments, when the caller has them already.
     """
     std = std if std is not None else accumulate(x_tr, y_tr).standardised()
-    za_tr, zb_tr = (x_tr - std.a_mean) / std.a_std, (y_tr - std.b_mean) / std.b_std
     za_te, zb_te = (x_te - std.a_mean) / std.a_std, (y_te - std.b_mean) / std.b_std
-    n = len(za_tr)
+    n = len(x_tr)
     if method != "procrustes":
         a = std.c_aa + lam * np.eye(len(std.c_aa))
         try:
@@ -166,10 +166,25 @@ def null_r2_distribution(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y
     out = []
     for i in range(permutations):
         perm = np.random.default_rng(seed + i).permutation(n)
-        c_ab = za_tr.T @ zb_tr[perm] / n  # (d_a, d_b)
+        c_ab = standardised_gram(x_tr, std.a_mean, std.a_std, y_tr, std.b_mean, std.b_std, rows_v=perm)
         if method == "procrustes":
             pred = za_te @ solve_procrustes(c_ab).T
         else:
             pred = g @ c_ab
         out.append(r2(zb_te, pred))
     return out
+
+
+def standardised_gram(u: np.ndarray, u_mean: np.ndarray, u_std: np.ndarray, v: np.ndarray, v_mean: np.ndarray,
+                      v_std: np.ndarray, *, rows_v: np.ndarray | None = None) -> np.ndarray:
+    """Ẑuᵀ Ẑv / n in float64 for Ẑu = (u − u_mean) / u_std (n, d_u) and Ẑv likewise over the rows
+    ``v[rows_v]`` (all of v when None), in chunks of :data:`ROW_CHUNK` rows: memory O(chunk·d + d_u·d_v)
+    instead of two standardised float64 copies of the n rows. Returns (d_u, d_v)."""
+    n = len(u)
+    out = np.zeros((u.shape[1], v.shape[1]))
+    for start in range(0, n, ROW_CHUNK):
+        stop = min(start + ROW_CHUNK, n)
+        zu = (u[start:stop] - u_mean) / u_std
+        zv = ((v[start:stop] if rows_v is None else v[rows_v[start:stop]]) - v_mean) / v_std
+        out += zu.T @ zv
+    return out / n
