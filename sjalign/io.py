@@ -58,6 +58,11 @@ def remember_sha256(path: str | os.PathLike, digest: str, key: tuple[int, int, i
         _DIGESTS[key] = digest
 
 
+def nonfinite_error(name: str, key: str, bad: int, n: int) -> SjalignError:
+    """The one error for a tensor with NaN/Inf rows: ``"{name}: '{key}' contains NaN or Inf in {bad} of {n} rows"``."""
+    return SjalignError(f"{name}: '{key}' contains NaN or Inf in {bad} of {n} rows")
+
+
 def provenance(command: str, config: Mapping | None = None,
                inputs: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]] | None = None, *,
                hashes: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -202,8 +207,7 @@ def validate_latents(lat: Latents) -> Latents:
         if arr.ndim != 2 or arr.shape[0] != n:
             raise ShapeError(f"{name}: '{key}' has shape {arr.shape}, expected ({n}, d)")
         if not np.isfinite(arr).all():
-            bad = int((~np.isfinite(arr)).any(axis=1).sum())
-            raise SjalignError(f"{name}: '{key}' contains NaN or Inf in {bad} of {n} rows")
+            raise nonfinite_error(name, key, int((~np.isfinite(arr)).any(axis=1).sum()), n)
     if not all_unique(lat.state_ids):
         raise SjalignError(f"{name}: state ids are not unique")
     if lat.split is not None and not np.isin(lat.split, (0, 1)).all():

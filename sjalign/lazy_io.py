@@ -16,7 +16,9 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from sjalign.errors import FileFormatError, ShapeError, SjalignError
-from sjalign.io import LATENTS_FORMAT, Latents, all_unique, atomic_file, check_output, load_latents
+from sjalign.io import (
+    LATENTS_FORMAT, Latents, all_unique, atomic_file, check_output, load_latents, nonfinite_error,
+)
 
 # ---------------------------------------------------------------- lazy reading of large latents files
 
@@ -213,17 +215,13 @@ class LazyLatents:
 
     def count_nonfinite_rows(self, chunk: int = DEFAULT_CHUNK_ROWS) -> int:
         """Rows of ``latents`` holding NaN or Inf (one streamed pass over the file)."""
-        bad = 0
-        for _, block in self.iter_rows(chunk):
-            if not quick_finite(block):
-                bad += int((~np.isfinite(block)).any(axis=1).sum())
-        return bad
+        return sum(nonfinite_rows(block) for _, block in self.iter_rows(chunk))
 
     def check_finite(self, chunk: int = DEFAULT_CHUNK_ROWS) -> None:
         """Raise SjalignError naming the file if any latents row holds NaN or Inf (reads the file once)."""
         bad = self.count_nonfinite_rows(chunk)
         if bad:
-            raise SjalignError(f"{self.name}: 'latents' contains NaN or Inf in {bad} of {self.n} rows")
+            raise nonfinite_error(self.name, "latents", bad, self.n)
 
     def load(self) -> Latents:
         """The whole file in memory, validated (:func:`load_latents`)."""
@@ -258,9 +256,7 @@ def hash_and_scan(lat: LazyLatents, *, block_bytes: int = 4 << 20) -> tuple[str,
                 nonfinite = (np.frombuffer(raw, "<u2").reshape(m, lat.dim) & 0x7F80) == 0x7F80
                 bad += int(nonfinite.any(axis=1).sum())
             else:
-                block = np.frombuffer(raw, _NUMPY_DTYPES[lat.dtype]).reshape(m, lat.dim)
-                if not quick_finite(block):
-                    bad += int((~np.isfinite(block)).any(axis=1).sum())
+                bad += nonfinite_rows(np.frombuffer(raw, _NUMPY_DTYPES[lat.dtype]).reshape(m, lat.dim))
         for rest in iter(lambda: f.read(block_bytes), b""):
             digest.update(rest)
     hexdigest = digest.hexdigest()
@@ -306,8 +302,13 @@ class BackgroundScan:
         for shard in self._shards:
             bad = self._out[str(shard.path)][1]
             if bad:
-                raise SjalignError(f"{shard.name}: 'latents' contains NaN or Inf in {bad} of {shard.n} rows")
+                raise nonfinite_error(shard.name, "latents", bad, shard.n)
         return {path: digest for path, (digest, _) in self._out.items()}
+
+
+def nonfinite_rows(block: np.ndarray) -> int:
+    """Rows of ``block`` (m, d) holding NaN or Inf: 0 after one fast pass (:func:`quick_finite`) when there are none."""
+    return 0 if quick_finite(block) else int((~np.isfinite(block)).any(axis=1).sum())
 
 
 def quick_finite(block: np.ndarray) -> bool:

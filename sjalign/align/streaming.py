@@ -318,8 +318,12 @@ def choose_precision(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: n
     pilot = stream_moments(a, b, rows_a[take], rows_b[take], chunk=chunk, precision="float64", workers=1,
                            prefetch=False)[0]
     kappa = conditioning(pilot.standardised(), method, lam)
-    precision = "float32" if kappa * U32 <= AUTO_MAX_ERROR else "float64"
-    return precision, {"kappa_pilot": kappa, "pilot_pairs": len(take)}
+    return "float32" if float32_suffices(kappa) else "float64", {"kappa_pilot": kappa, "pilot_pairs": len(take)}
+
+
+def float32_suffices(kappa: float) -> bool:
+    """The rule of ``precision="auto"``: float32 chunk products when κ·u₃₂ ≤ :data:`AUTO_MAX_ERROR`."""
+    return kappa * U32 <= AUTO_MAX_ERROR
 
 
 def fit_map_streaming(a: LatentsSet, b: LatentsSet, paired: PairedRows, train: np.ndarray, *,
@@ -362,28 +366,30 @@ def fit_map_streaming(a: LatentsSet, b: LatentsSet, paired: PairedRows, train: n
             raise OptionError("{lam} auto applies to {method} ridge only")
         if n < 2 * folds:
             raise OptionError(f"{{lam}} auto needs at least {2 * folds} training pairs, got {n}")
+
+    def moments(dtype: str) -> tuple[list[Moments], Standardised]:
+        """One pass over the train pairs: their moments (per CV fold with λ auto, the folds drawn as
+        choose_lambda draws them, over ids in order) and the standardised total."""
+        if lam != "auto":
+            parts = stream_moments(a, b, rows_a, rows_b, chunk=chunk, precision=dtype, progress=progress)
+        else:
+            fold_of = np.random.default_rng(seed).permutation(n) % folds
+            parts = stream_moments(a, b, rows_a, rows_b, chunk=chunk, precision=dtype, groups=fold_of,
+                                   n_groups=folds, progress=progress)
+        return parts, sum(parts[1:], parts[0]).standardised()
+
     info: dict = {"chunk_rows": int(chunk)}
     used = precision
     if precision == "auto":
         used, info["precision_auto"] = choose_precision(a, b, rows_a, rows_b, method=method, lam=lam, chunk=chunk)
-    while True:
-        if lam == "auto":
-            fold_of = np.random.default_rng(seed).permutation(n) % folds  # as choose_lambda, over ids in order
-            parts = stream_moments(a, b, rows_a, rows_b, chunk=chunk, precision=used, groups=fold_of,
-                                   n_groups=folds, progress=progress)
-            mom = sum(parts[1:], parts[0])
-        else:
-            mom = stream_moments(a, b, rows_a, rows_b, chunk=chunk, precision=used, progress=progress)[0]
-        std = mom.standardised()
-        if precision != "auto" or used == "float64":
-            break
-        kappa = conditioning(std, method, lam)  # the pilot's estimate, checked on all the train pairs
-        info["precision_auto"].update(kappa=kappa, refit=kappa * U32 > AUTO_MAX_ERROR)
-        if not info["precision_auto"]["refit"]:
-            break
-        used = "float64"
-    if precision == "auto":
-        info["precision_auto"].setdefault("refit", False)
+        info["precision_auto"]["refit"] = False
+    parts, std = moments(used)
+    if precision == "auto" and used == "float32":  # the pilot's κ, checked on all the train pairs
+        kappa = conditioning(std, method, lam)
+        info["precision_auto"].update(kappa=kappa, refit=not float32_suffices(kappa))
+        if info["precision_auto"]["refit"]:
+            used = "float64"
+            parts, std = moments(used)
     fit_lam = lam
     if lam == "auto":
         fit_lam, scores = choose_lambda_from_folds(parts)
