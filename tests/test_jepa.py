@@ -169,8 +169,10 @@ def test_lr_schedule():
 # --- training ----------------------------------------------------------------------
 
 def test_training_lowers_loss_on_fashion_mnist(fmnist, tmp_path):
+    # the optimiser's mechanics on raw pixels (the positional shortcut makes this loss fall fast; whether an
+    # objective's recipe learns is judged by the probe and RankMe in test_objectives.py)
     cfg = PretrainConfig(dataset="fashion-mnist", view="identity", epochs=3, batch_size=64, warmup_epochs=1,
-                         seed=0, device="cpu")  # the vit_tiny preset
+                         seed=0, device="cpu", input_norm=False)  # the vit_tiny preset
     steps = []
     summary = pretrain(cfg, fmnist, tmp_path / "run", on_step=lambda *a: steps.append(a))
     log = read_log(tmp_path / "run")
@@ -235,6 +237,34 @@ def test_resume_refuses_other_architecture(fmnist, tmp_path):
     pretrain(small_config(epochs=1, seed=1), images, tmp_path, overwrite=True)
     assert [r["epoch"] for r in read_log(tmp_path)] == [1]
     assert json.loads((tmp_path / "config.json").read_text())["seed"] == 1
+
+
+def test_input_norm_measures_the_training_pixels_and_travels_with_the_checkpoint(fmnist, tmp_path):
+    """input_norm: the run's config holds the training images' pixel mean and std, the exported encoder
+    standardises with them (equal to a plain ViT on standardised pixels), a resume measures the same
+    values, and a config written before the option existed reads as raw pixels."""
+    images = fmnist[:128]
+    pretrain(small_config(epochs=1, input_norm=True), images, tmp_path / "norm")
+    encoder, cfg = load_encoder(tmp_path / "norm")
+    pixels = images.double()
+    assert cfg.input_norm and cfg.vit.input_mean == pytest.approx((float(pixels.mean()),), rel=1e-9)
+    assert cfg.vit.input_std == pytest.approx((float(pixels.std(unbiased=False)),), rel=1e-9)
+    plain = VisionTransformer(SMALL_VIT).eval()
+    plain.load_state_dict(encoder.state_dict())
+    x = images[:4]
+    standardised = (x - cfg.vit.input_mean[0]) / cfg.vit.input_std[0]
+    torch.testing.assert_close(encoder(x), plain(standardised), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(encoder(x), plain(x), atol=1e-3)  # the statistics matter
+    pretrain(small_config(epochs=2, input_norm=True), images, tmp_path / "norm", resume=True)  # same values: resumable
+    raw = small_config(epochs=1, input_norm=False)
+    assert raw.vit.input_mean is None
+    old = json.loads(raw.to_json())
+    del old["input_norm"]  # a config.json of an earlier version (an ijepa run, whose recipe now normalises)
+    assert PretrainConfig.from_dict(old).input_norm is False
+    with pytest.raises(ValueError, match="one value per channel"):
+        ViTConfig(in_chans=1, input_mean=(0.5, 0.5), input_std=(1.0, 1.0))
+    with pytest.raises(ValueError, match="positive"):
+        ViTConfig(in_chans=1, input_mean=(0.5,), input_std=(0.0,))
 
 
 # --- errors ------------------------------------------------------------------------

@@ -164,7 +164,85 @@ def test_evaluate_k_too_large_and_wrong_map_raise():
         evaluate_pairs(pairs, split, other, ks=(1,), permutations=2, device=CPU)
 
 
+# ---------------------------------------------------------------- evaluate read in chunks (issue 15, part 6)
+
+@pytest.mark.parametrize("method,lam", [("ridge", 1e-2), ("lstsq", 0.0), ("procrustes", 0.0)])
+def test_evaluate_pairs_in_chunks_equals_the_whole_array_metrics(method, lam, monkeypatch):
+    """The chunked evaluation gives score_map's figures on the whole standardised test arrays, for the
+    map and for the shuffled-pair null refitted by shuffled_map (the in-memory definitions)."""
+    import sjalign.protocol.gram as gram
+    from sjalign.align import accumulate
+    from sjalign.align.maps import solve_procrustes
+    from sjalign.metrics import score_map
+    from sjalign.protocol import neighbour_rows
+
+    pairs = _pairs(600, d_a=9, d_b=7, noise=0.4, seed=3)
+    split = choose_split(pairs, seed=1)
+    amap = fit_on_split(pairs, split, method=method, lam=lam)
+    monkeypatch.setattr(gram, "ROW_CHUNK", 37)  # many chunks, the last one partial
+    kw = dict(ks=(1, 5), dsc_points=50, seed=0, device=CPU)
+    res = evaluate_pairs(pairs, split, amap, permutations=3, max_test=60, **kw)
+    n_test = int(split.test.sum())
+    assert n_test > 60 and res["n_neighbour_test"] == 60
+    x_tr, y_tr, x_te, y_te = pairs.x[split.train], pairs.y[split.train], pairs.x[split.test], pairs.y[split.test]
+    q = solve_procrustes(accumulate(x_tr, y_tr).standardised().c_ab)
+    rows = neighbour_rows(n_test, 60, 0)
+    ref = score_map(amap.W, amap.standardise_a(x_te), amap.standardise_b(y_te), q=q, neighbour_rows=rows, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nmap = shuffled_map(x_tr, y_tr, amap.train_state_ids, seed=1, **amap.refit_options())
+    ref_null = score_map(nmap.W, nmap.standardise_a(x_te), nmap.standardise_b(y_te), q=q, neighbour_rows=rows, **kw)
+    assert set(res["metrics"]) == set(ref) | {"eff_rank_a", "eff_rank_b"}
+    for key, value in ref.items():
+        assert res["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        if key != "cka_raw":
+            assert res["null"][key] == pytest.approx(ref_null[key], rel=1e-4, abs=1e-6), key
+
+
+def test_evaluate_from_the_files_equals_in_memory(tmp_path):
+    """FilePairs (rows read from two files in different row orders, ids only on one side dropped) give
+    the in-memory figures: the same split, map, null and p-value."""
+    from sjalign.align.pairing import pair_by_state_id
+    from sjalign.align.streaming import FilePairs, pair_rows
+    from sjalign.io import Latents, load_latents, save_latents
+    from sjalign.lazy_io import open_latents_set
+
+    base = _pairs(500, d_a=8, d_b=5, noise=0.5, seed=4)
+    order = np.random.default_rng(0).permutation(500)
+    a = save_latents(tmp_path / "a.safetensors", Latents(base.x, base.state_ids), {"encoder": "e"})
+    b = save_latents(tmp_path / "b.safetensors", Latents(np.vstack([base.y[order], base.y[:3]]),
+                                                         np.r_[base.state_ids[order], np.arange(3) + 9000]),
+                     {"encoder": "e"})
+    la, lb = open_latents_set([a]), open_latents_set([b])
+    lazy = FilePairs(la, lb, pair_rows(la, lb))
+    mem = pair_by_state_id(load_latents(a), load_latents(b))
+    assert lazy.dropped_b == mem.dropped_b == 3
+    np.testing.assert_array_equal(lazy.take_y(np.array([7, 2, 400])), mem.y[[7, 2, 400]])
+    split = choose_split(mem, seed=2)
+    np.testing.assert_array_equal(choose_split(lazy, seed=2).train, split.train)
+    m_mem, m_lazy = fit_on_split(mem, split, lam="auto"), fit_on_split(lazy, split, lam="auto")
+    assert m_lazy.lam == m_mem.lam
+    np.testing.assert_allclose(m_lazy.W, m_mem.W, rtol=1e-5, atol=1e-6)
+    kw = dict(ks=(1, 5), permutations=5, device=CPU, dsc_points=40, max_test=30)
+    r_mem, r_lazy = evaluate_pairs(mem, split, m_mem, **kw), evaluate_pairs(lazy, split, m_mem, **kw)
+    assert r_lazy["r2_p_value"] == r_mem["r2_p_value"] and r_lazy["warnings"] == r_mem["warnings"]
+    for section in ("metrics", "null"):
+        for key, value in r_mem[section].items():
+            assert r_lazy[section][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (section, key)
+
+
 # ---------------------------------------------------------------- null distribution fast path
+
+def _null_r2(x_tr, y_tr, x_te, y_te, **kw):
+    """null_r2_distribution on arrays: train rows first, then test rows, as one Pairs."""
+    from sjalign.protocol.gram import PairGram
+
+    n = len(x_tr)
+    pairs = Pairs(np.vstack([x_tr, x_te]), np.vstack([y_tr, y_te]), np.arange(n + len(x_te)), None, None, 0, 0)
+    train, test = np.arange(n), np.arange(n, n + len(x_te))
+    std = PairGram.of(pairs, train).moments().standardised()
+    return null_r2_distribution(pairs, train, PairGram.of(pairs, test), std, **kw)
+
 
 @pytest.mark.parametrize("method,lam,shape", [
     ("ridge", 1e-3, (120, 6, 4)),
@@ -182,7 +260,7 @@ def test_null_r2_distribution_matches_bruteforce_refits(method, lam, shape):
     y = x @ rng.normal(size=(d_a, d_b)) * 0.3 + rng.normal(size=(n + 40, d_b)) + 1.0
     x_tr, y_tr, x_te, y_te = x[:n], y[:n], x[n:], y[n:]
     seed, perms = 11, 6
-    fast = null_r2_distribution(x_tr, y_tr, x_te, y_te, method=method, lam=lam, permutations=perms, seed=seed)
+    fast = _null_r2(x_tr, y_tr, x_te, y_te, method=method, lam=lam, permutations=perms, seed=seed)
     assert len(fast) == perms
     slow = []
     with warnings.catch_warnings():
@@ -197,22 +275,29 @@ def test_null_r2_distribution_matches_bruteforce_refits(method, lam, shape):
 
 
 def test_null_r2_distribution_is_the_same_in_chunks_of_rows(monkeypatch):
-    """The shuffled C_ab summed chunk by chunk equals the product of the whole standardised arrays."""
-    import sjalign.protocol.score as score
+    """The shuffled C_ab and the test Gram summed chunk by chunk equal the products of the whole arrays."""
+    import sjalign.protocol.gram as gram
 
     rng = np.random.default_rng(8)
     x = rng.normal(size=(250, 6)) * 3 + 5
     y = x @ rng.normal(size=(6, 4)) + rng.normal(size=(250, 4))
     kw = dict(method="ridge", lam=1e-3, permutations=4, seed=2)
-    whole = null_r2_distribution(x[:200], y[:200], x[200:], y[200:], **kw)
-    monkeypatch.setattr(score, "ROW_CHUNK", 7)  # 29 chunks, the last one partial
-    np.testing.assert_allclose(null_r2_distribution(x[:200], y[:200], x[200:], y[200:], **kw), whole, rtol=0,
-                               atol=1e-12)
+    whole = _null_r2(x[:200], y[:200], x[200:], y[200:], **kw)
+    monkeypatch.setattr(gram, "ROW_CHUNK", 7)  # 29 chunks, the last one partial
+    np.testing.assert_allclose(_null_r2(x[:200], y[:200], x[200:], y[200:], **kw), whole, rtol=0, atol=1e-12)
     perm = np.random.default_rng(0).permutation(200)
+    pairs = Pairs(x, y, np.arange(250), None, None, 0, 0)
     zx, zy = (x[:200] - x[:200].mean(0)) / x[:200].std(0), (y[:200] - 1.0) / 2.0
-    np.testing.assert_allclose(score.standardised_gram(x[:200], x[:200].mean(0), x[:200].std(0), y[:200], 1.0, 2.0,
-                                                       rows_v=perm), zx.T @ zy[perm] / 200, rtol=0, atol=1e-12)
-
+    rows = np.arange(200)
+    np.testing.assert_allclose(gram.cross_gram(pairs, rows, rows[perm], x[:200].mean(0), x[:200].std(0), 1.0, 2.0),
+                               zx.T @ zy[perm] / 200, rtol=0, atol=1e-12)
+    g = gram.PairGram.of(pairs, rows)
+    v = np.hstack([x[:200], y[:200]])
+    mu, sd = v.mean(0) + 0.5, v.std(0) * 1.5  # any standardisation, not only the rows' own
+    np.testing.assert_allclose(g.standardised(mu, sd, centred=False), ((v - mu) / sd).T @ ((v - mu) / sd) / 200,
+                               rtol=1e-12, atol=1e-12)
+    vc = (v - v.mean(0)) / sd
+    np.testing.assert_allclose(g.standardised(mu, sd, centred=True), vc.T @ vc / 200, rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------- sweeps (paper App. B)

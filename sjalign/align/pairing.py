@@ -12,7 +12,11 @@ from sjalign.io import Latents
 
 @dataclass(frozen=True)
 class Pairs:
-    """Rows of two latents files joined on state id (sorted by id).
+    """Rows of two latents files joined on state id (sorted by id), held in memory.
+
+    The evaluation protocol reads pairs only through ``state_ids``, ``labels``, ``split``,
+    ``d_a``/``d_b`` and ``take_x``/``take_y`` (row gathers), so the same code scores pairs
+    streamed from their files (:class:`sjalign.align.streaming.FilePairs`).
 
     Attributes:
         x: (n, d_a) float32 source latents.
@@ -30,6 +34,22 @@ class Pairs:
     split: np.ndarray | None
     dropped_a: int
     dropped_b: int
+
+    @property
+    def d_a(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def d_b(self) -> int:
+        return int(self.y.shape[1])
+
+    def take_x(self, rows: np.ndarray) -> np.ndarray:
+        """(m, d_a) source latents of the pairs ``rows`` (indices into these pairs, any order)."""
+        return self.x[rows]
+
+    def take_y(self, rows: np.ndarray) -> np.ndarray:
+        """(m, d_b) target latents of the pairs ``rows``."""
+        return self.y[rows]
 
 
 def join_state_ids(a, b) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:

@@ -95,6 +95,77 @@ def pair_rows(a: LatentsSet, b: LatentsSet) -> PairedRows:
     return PairedRows(shared, rows_a, rows_b, labels, split, dropped_a=a.n - len(shared), dropped_b=b.n - len(shared))
 
 
+@dataclass(frozen=True)
+class FilePairs:
+    """Paired latents read from their files on demand: what :class:`sjalign.align.pairing.Pairs` offers
+    the evaluation protocol (ids, labels, split, widths, row gathers) without holding the latents.
+
+    Attributes:
+        a, b: the two latent sets, opened lazily (:func:`sjalign.lazy_io.open_latents_set`).
+        paired: their pairing by state id (:func:`pair_rows`).
+    """
+
+    a: LatentsSet
+    b: LatentsSet
+    paired: PairedRows
+
+    @property
+    def state_ids(self) -> np.ndarray:
+        return self.paired.state_ids
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self.paired.labels
+
+    @property
+    def split(self) -> np.ndarray | None:
+        return self.paired.split
+
+    @property
+    def dropped_a(self) -> int:
+        return self.paired.dropped_a
+
+    @property
+    def dropped_b(self) -> int:
+        return self.paired.dropped_b
+
+    @property
+    def d_a(self) -> int:
+        return self.a.dim
+
+    @property
+    def d_b(self) -> int:
+        return self.b.dim
+
+    def take_x(self, rows: np.ndarray) -> np.ndarray:
+        """(m, d_a) float32 source latents of the pairs ``rows`` (indices into the pairs, any order)."""
+        return read_set_rows(self.a, self.paired.rows_a[rows])
+
+    def take_y(self, rows: np.ndarray) -> np.ndarray:
+        """(m, d_b) float32 target latents of the pairs ``rows``."""
+        return read_set_rows(self.b, self.paired.rows_b[rows])
+
+    def load(self):
+        """Every pair in memory: a :class:`sjalign.align.pairing.Pairs`."""
+        from sjalign.align.pairing import Pairs
+
+        every = np.arange(len(self.state_ids))
+        return Pairs(self.take_x(every), self.take_y(every), self.state_ids, self.labels, self.split,
+                     dropped_a=self.dropped_a, dropped_b=self.dropped_b)
+
+
+def read_set_rows(lset: LatentsSet, rows: np.ndarray) -> np.ndarray:
+    """(m, d) float32 global rows ``rows`` (distinct, any order) of a latent set: read in ascending order
+    (contiguous runs as slices, the rest gathered) and put back in the order asked."""
+    rows = np.asarray(rows)
+    out = np.empty((len(rows), lset.dim), np.float32)
+    if len(rows) < 2 or np.all(rows[1:] > rows[:-1]):
+        return lset.read_into(rows, out)
+    order = np.argsort(rows, kind="stable")
+    out[order] = lset.read_into(rows[order], np.empty_like(out))
+    return out
+
+
 def _row_dtype(n: int) -> np.dtype:
     """int32 row numbers while they fit (half the memory of int64 for the O(n) arrays), else int64."""
     return np.dtype(np.int32) if n < 2**31 else np.dtype(np.int64)

@@ -97,18 +97,31 @@ def parse_shift(text: str):
     return Shift(train, test)
 
 
-def load_model_pairs(a_paths: list[Path], b_paths: list[Path]):
-    """Read file i of A and file i of B and pair them by state id; returns ([Latents A], [Latents B], [Pairs])."""
+def load_model_pairs(a_paths: list[Path], b_paths: list[Path], *, lazy: bool = False):
+    """Pair file i of A with file i of B by state id; returns ([A sets], [B sets], [pairs]).
+
+    ``lazy``: open the files without reading their latents (:class:`sjalign.lazy_io.LatentsSet`) and
+    pair them as :class:`sjalign.align.streaming.FilePairs`, which the protocol reads in chunks (each
+    file is scanned once for NaN/Inf first); else read them whole (:class:`sjalign.io.Latents`, :class:`Pairs`).
+    """
     from sjalign.align.pairing import pair_by_state_id
+    from sjalign.align.streaming import FilePairs, pair_rows
     from sjalign.io import load_latents
+    from sjalign.lazy_io import open_latents_set
 
     if len(a_paths) != len(b_paths):
         raise SjalignError(f"{len(a_paths)} latents file(s) for A but {len(b_paths)} for B; several files per side "
                            "are models of different seeds, file i of A paired with file i of B")
     lat_a, lat_b, pairs = [], [], []
     for a_path, b_path in zip(a_paths, b_paths):
-        a, b = load_latents(a_path), load_latents(b_path)
-        p = pair_by_state_id(a, b)
+        if lazy:
+            a, b = open_latents_set([a_path]), open_latents_set([b_path])
+            a.check_finite()
+            b.check_finite()
+            p = FilePairs(a, b, pair_rows(a, b))
+        else:
+            a, b = load_latents(a_path), load_latents(b_path)
+            p = pair_by_state_id(a, b)
         if p.dropped_a or p.dropped_b:
             console.print(f"[yellow]note:[/] paired {len(p.state_ids)} states by id; dropped {p.dropped_a} ids only "
                           f"in {a_path} and {p.dropped_b} only in {b_path}")
@@ -286,7 +299,10 @@ def evaluate_command(
         amap, map_meta = load_map(map_path)
         check_source(map_meta, map_path, a_paths[0])
         check_pair(map_meta, map_path, {"a": a_paths, "b": b_paths}, strict=strict)
-    lat_a, lat_b, models = load_model_pairs(a_paths, b_paths)
+    # sweeps and the report refit on subsets and draw from whole arrays: they read the files whole; otherwise the
+    # protocol reads the pairs in chunks from the files (memory O(d² + chunk + max_test · d))
+    whole = budgets is not None or noises is not None or report is not None
+    lat_a, lat_b, models = load_model_pairs(a_paths, b_paths, lazy=not whole)
     if amap is not None:
         if amap.d_a != lat_a[0].dim or amap.d_b != lat_b[0].dim:
             raise SjalignError(f"{map_path}: map is {amap.d_a} -> {amap.d_b} but the latents are "
@@ -297,7 +313,7 @@ def evaluate_command(
             raise SjalignError(f"{map_path}: {error_text(exc)}") from None
     controls, control_names = None, None
     if c_paths is not None:
-        _, _, controls = load_model_pairs(*c_paths)
+        _, _, controls = load_model_pairs(*c_paths, lazy=not whole)
         control_names = [f"control {ca} / {cb}" for ca, cb in zip(*c_paths)]
     opts = EvalOptions(method, lam_value, ks, k is None, permutations, dsc_points, device, test_fraction, not resplit,
                        max_test)

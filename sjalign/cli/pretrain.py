@@ -96,7 +96,8 @@ def _saved_field(run_dir: Path, field: str):
 
 
 def _resumed_options(run_dir: Path, objective: str, given: dict, options: dict) -> tuple[dict, dict]:
-    """On --resume, the run's own epochs, batch size, lr, warm-up and objective options where none is given again.
+    """On --resume, the run's own epochs, batch size, lr, warm-up, input norm and objective options where none is
+    given again.
 
     Without this a resumed run would silently fall back to the defaults (say ``--reg-weight``
     0.02 where the run was started with 0.5). A run of another objective is left to the
@@ -115,7 +116,7 @@ def _resumed_options(run_dir: Path, objective: str, given: dict, options: dict) 
         return given, options  # the trainer reads the checkpoint's own copy and reports what is wrong
     if saved.objective != objective:
         return given, options
-    return ({**{f: getattr(saved, f) for f in ("epochs", "batch_size", "lr", "warmup_epochs")}, **given},
+    return ({**{f: getattr(saved, f) for f in ("epochs", "batch_size", "lr", "warmup_epochs", "input_norm")}, **given},
             {**saved.options, **options})
 
 
@@ -268,6 +269,7 @@ def pretrain_command(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per optimizer step, over all processes under torchrun. [default: the objective's recipe]")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW, linear warm-up then cosine). [default: the objective's recipe]")] = None,
     warmup_epochs: Annotated[float | None, typer.Option("--warmup-epochs", help="Length of the linear learning-rate warm-up, in epochs (fractions allowed). [default: the objective's recipe]")] = None,
+    input_norm: Annotated[bool | None, typer.Option("--input-norm/--no-input-norm", help="Standardise the encoder's input pixels per channel with the training images' mean and std (kept in the checkpoint, so embed applies them too), as the reference implementations do. [default: the objective's recipe]")] = None,
     max_states: Annotated[int | None, typer.Option("--max-states", help="Use at most N states (train and test in proportion; only train ones are trained on).")] = None,
     split: Annotated[str, typer.Option("--split", help="States to train on: train (default), test or all.")] = "train",
     classes: ClassesOpt = None,
@@ -358,7 +360,7 @@ def pretrain_command(
             raise SjalignError(f"{output}: not a run folder written by sjalign pretrain (no readable config.json); "
                                "--force restarts only those, so nothing was deleted")
     given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
-                               ("warmup_epochs", warmup_epochs)) if v is not None}
+                               ("warmup_epochs", warmup_epochs), ("input_norm", input_norm)) if v is not None}
     options = _objective_options(ctx, objective)
     if resume:
         given, options = _resumed_options(output, objective, given, options)

@@ -21,7 +21,7 @@ PRECISIONS = ("fp32", "bf16")
 # Training defaults every objective starts from; an objective's ``recipe`` overrides some of them.
 TRAINING_DEFAULTS: dict[str, Any] = {
     "epochs": 10, "batch_size": 128, "lr": 3e-4, "min_lr": 1e-6, "warmup_epochs": 1.0, "weight_decay": 0.05,
-    "ema": (0.996, 1.0), "pred_dim": 64, "pred_depth": 2,
+    "ema": (0.996, 1.0), "pred_dim": 64, "pred_depth": 2, "input_norm": False,
 }
 
 
@@ -85,6 +85,9 @@ class PretrainConfig:
         pred_dim: predictor width (multiple of 4 and of ``vit.num_heads``); the pixel
             decoders of mae and ae use it as their width.
         pred_depth: predictor (or pixel decoder) blocks.
+        input_norm: standardise the encoder's input pixels per channel with the training images'
+            mean and std (``pretrain`` measures them and stores them in ``vit``, so the exported
+            encoder applies them too); the references all do (their ``Normalize``).
         max_states: cap on the number of states used (provenance; applied by the loader).
         seed: seeds model init, shuffling and masks.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
@@ -126,6 +129,7 @@ class PretrainConfig:
     ema: tuple[float, float] | None = None
     pred_dim: int | None = None
     pred_depth: int | None = None
+    input_norm: bool | None = None
     max_states: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -227,6 +231,8 @@ class PretrainConfig:
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs["options"] = {**{k: v for k, v in flat.items() if v is not None}, **(kwargs.get("options") or {})}
         vit = kwargs.get("vit")
+        if "input_norm" not in data and isinstance(vit, dict):  # written before input_norm existed: raw pixels
+            kwargs["input_norm"] = vit.get("input_mean") is not None
         try:
             if isinstance(vit, dict):
                 kwargs["vit"] = ViTConfig(**vit)

@@ -48,7 +48,9 @@ from sjalign.jepa.config import PretrainConfig
 from sjalign.jepa.flops import signature
 from sjalign.jepa.monitor import EvalSet, embed_images
 from sjalign.jepa.teacher import DEFAULT_BUFFER, normalise_batch, ridge_fit_flops, ridge_map
-from sjalign.jepa.train import EpochCallback, Images, StartCallback, _Feed, _Trainee, _undo_fresh_start
+from sjalign.jepa.train import (
+    EpochCallback, Images, StartCallback, _Feed, _Trainee, _undo_fresh_start, with_input_stats,
+)
 
 METHODS = ("a", "b")
 PAIR_FILE = "pair.json"
@@ -216,6 +218,7 @@ def pretrain_pair(config_a: PretrainConfig, config_b: PretrainConfig, images_a: 
     vit_a, vit_b = config_a.vit, config_b.vit
     feed_a = _Feed(images_a, (vit_a.in_chans, vit_a.img_size, vit_a.img_size), config_a.model)
     feed_b = _Feed(images_b, (vit_b.in_chans, vit_b.img_size, vit_b.img_size), config_b.model)
+    config_a, config_b = with_input_stats(config_a, feed_a), with_input_stats(config_b, feed_b)
     if feed_a.n != feed_b.n:
         raise SjalignError(f"pretrain: the two views hold {feed_a.n} and {feed_b.n} training states; mutual teaching "
                            "needs the same states in both (row i of each the same state)")

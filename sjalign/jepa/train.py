@@ -25,6 +25,7 @@ same seeded order, with the same results as the tensor.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 import warnings
@@ -93,6 +94,25 @@ def _check_resumable(path: Path, saved: PretrainConfig, config: PretrainConfig) 
               for k in ("dataset", "view") if getattr(saved, k) != getattr(config, k)]
     if diffs:
         raise SjalignError(f"{path}: cannot resume, the config differs ({', '.join(diffs)})")
+
+
+INPUT_STATS_IMAGES = 10_000  # images (evenly spaced over the training set) whose pixels give input_mean/std
+
+
+def with_input_stats(config: PretrainConfig, feed: "_Feed") -> PretrainConfig:
+    """``config`` with the training images' per-channel pixel mean and std in ``vit`` when ``input_norm`` is on
+    and ``vit`` has none yet (a resumed run's config has them already; the same images give the same values).
+
+    Measured on at most :data:`INPUT_STATS_IMAGES` images evenly spaced over the feed, in float64.
+    """
+    if not config.input_norm or config.vit.input_mean is not None:
+        return config
+    rows = np.unique(np.linspace(0, feed.n - 1, min(feed.n, INPUT_STATS_IMAGES)).round().astype(np.int64))
+    pixels = feed.take(rows).double().transpose(0, 1).reshape(config.vit.in_chans, -1)  # (C, m·H·W)
+    mean, std = pixels.mean(1), pixels.std(1, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: centred only
+    vit = dataclasses.replace(config.vit, input_mean=tuple(mean.tolist()), input_std=tuple(std.tolist()))
+    return dataclasses.replace(config, vit=vit)
 
 
 class _EpochPlan(torch.utils.data.Sampler):
@@ -261,6 +281,7 @@ def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, res
     out_dir = Path(out_dir)
     vit = config.vit
     feed = _Feed(images, (vit.in_chans, vit.img_size, vit.img_size), config.model)
+    config = with_input_stats(config, feed)
     state = None
     if resume:
         if not (out_dir / ckpt.TRAIN_STATE_FILE).is_file():

@@ -34,6 +34,10 @@ class ViTConfig:
         depth: number of transformer blocks.
         num_heads: attention heads; must divide ``embed_dim``.
         mlp_ratio: MLP hidden width as a multiple of D.
+        input_mean, input_std: per-channel statistics the encoder standardises its [0, 1] input
+            pixels with, (x − mean) / std, before the patch embedding (the references' ``Normalize``
+            with their dataset's statistics; ``pretrain`` measures them on the training images when
+            its ``input_norm`` is on); None: the pixels go in as they are.
     """
 
     img_size: int = 28
@@ -43,8 +47,20 @@ class ViTConfig:
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: float = 4.0
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        if (self.input_mean is None) != (self.input_std is None):
+            raise ValueError("input_mean and input_std go together")
+        if self.input_mean is not None:  # JSON gives lists
+            object.__setattr__(self, "input_mean", tuple(float(v) for v in self.input_mean))
+            object.__setattr__(self, "input_std", tuple(float(v) for v in self.input_std))
+            if len(self.input_mean) != self.in_chans or len(self.input_std) != self.in_chans:
+                raise ValueError(f"input_mean and input_std need one value per channel ({self.in_chans})")
+            if not all(0 < v < math.inf for v in self.input_std) or not all(map(math.isfinite, self.input_mean)):
+                raise ValueError(f"input_std must be positive and finite, input_mean finite, got {self.input_std}, "
+                                 f"{self.input_mean}")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
@@ -184,9 +200,15 @@ class VisionTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(config.embed_dim, eps=1e-6)
         _init_weights(self, self.blocks)
+        if config.input_mean is not None:  # buffers of the config, not of the weights file
+            self.register_buffer("input_mean", torch.tensor(config.input_mean).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("input_std", torch.tensor(config.input_std).view(1, -1, 1, 1), persistent=False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch embedding plus positions: (B, C, H, W) -> (B, N, D)."""
+        """Input standardisation (when the config has statistics), patch embedding plus positions:
+        (B, C, H, W) -> (B, N, D)."""
+        if self.config.input_mean is not None:
+            x = (x - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         return x + self.pos_embed.to(x.dtype)
 

@@ -1,24 +1,31 @@
 """Fit on the train pairs, score on the test pairs beside the shuffled-pair null (SPEC §4).
 
-Pure functions over arrays; the CLI only reads files and prints what these return.
+Pure functions over paired latents read through ``take_x`` / ``take_y``
+(:class:`sjalign.align.pairing.Pairs` in memory, :class:`sjalign.align.streaming.FilePairs`
+from the files): the split's rows are read in chunks and only their moments kept
+(:mod:`sjalign.protocol.gram`), so memory is O(d² + chunk) plus the ≤ ``max_test`` test rows the
+neighbour metrics and the ≤ ``dsc_points`` rows DSC compare exactly. The CLI only reads files and
+prints what these return.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg
 
-from sjalign.align import AlignmentMap, Standardised, accumulate, fit_map, shuffled_map
+from sjalign.align import AlignmentMap, fit_map, map_from_moments
 from sjalign.align.maps import solve_procrustes
-from sjalign.align.pairing import Pairs
+from sjalign.align.moments import Standardised
 from sjalign.errors import OptionError, SjalignError
-from sjalign.metrics import DEFAULT_KS, effective_rank, r2, score_map
+from sjalign.metrics import DEFAULT_DSC_POINTS, DEFAULT_KS, dsc, effective_rank, kappa, nos_at_k, numerical_rank
+from sjalign.metrics import orth_dev, retrieval_at_1
+from sjalign.protocol.gram import PairGram, chunks, cross_gram
 from sjalign.protocol.split import Split
 
 LOW_RANK_FRACTION = 0.1
-ROW_CHUNK = 65536  # rows standardised at a time for the train-split products (standardised_gram)
 # NOS@k and retrieval@1 are exact kNN over the test pairs (O(n²·d) in tiles); above this many test pairs
 # they run on a seeded subsample of it, reported in the result (evaluate --max-test)
 DEFAULT_MAX_TEST = 50_000
@@ -26,19 +33,42 @@ DEFAULT_MAX_TEST = 50_000
 MAP_FREE_KEYS = ("cka_raw", "eff_rank_a", "eff_rank_b")
 
 
-def fit_on_split(pairs: Pairs, split: Split, *, method: str = "ridge", lam: float | str = 1e-3,
+def fit_on_split(pairs, split: Split, *, method: str = "ridge", lam: float | str = 1e-3,
                  seed: int = 0) -> AlignmentMap:
-    """Fit a map on the train pairs of ``split``; warnings (κ, constant features) go through ``warnings``."""
+    """Fit a map on the train pairs of ``split`` (in memory for :class:`Pairs`, streamed from the files for
+    :class:`FilePairs`, both in float64); warnings (κ, constant features) go through ``warnings``."""
+    from sjalign.align.streaming import FilePairs, fit_map_streaming
+
+    if isinstance(pairs, FilePairs):
+        return fit_map_streaming(pairs.a, pairs.b, pairs.paired, split.train, method=method, lam=lam, seed=seed,
+                                 precision="float64", lstsq_fallback=False)
     tr = split.train
     return fit_map(pairs.x[tr], pairs.y[tr], pairs.state_ids[tr], method=method, lam=lam, seed=seed)
 
 
-def null_map(pairs: Pairs, split: Split, amap: AlignmentMap, *, seed: int = 0) -> AlignmentMap:
-    """The shuffled-pair null: ``amap``'s method and λ refitted on train pairs whose targets are permuted."""
+def null_map(pairs, split: Split, amap: AlignmentMap, *, seed: int = 0, std: Standardised | None = None) -> AlignmentMap:
+    """The shuffled-pair null: ``amap``'s method and λ refitted on train pairs whose targets are permuted
+    (the permutation of :func:`sjalign.align.shuffled_map` with seed ``seed + 1``).
+
+    Permuting targets leaves the train means, stds and C_aa unchanged, so only C_ab is recomputed
+    (:func:`sjalign.protocol.gram.cross_gram`, chunk by chunk). ``std``: the train split's
+    standardised moments when the caller has them.
+    """
+    tr = np.flatnonzero(split.train)
+    std = std if std is not None else PairGram.of(pairs, tr).moments().standardised()
+    perm = np.random.default_rng(seed + 1).permutation(len(tr))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return shuffled_map(pairs.x[split.train], pairs.y[split.train], amap.train_state_ids, seed=seed + 1,
-                            **amap.refit_options())
+        return map_from_moments(shuffled_moments(pairs, tr, perm, std), amap.train_state_ids, **amap.refit_options())
+
+
+def shuffled_moments(pairs, train_idx: np.ndarray, perm: np.ndarray, std: Standardised) -> Standardised:
+    """The train moments ``std`` with C_ab of the pairs (x_i, y_perm(i)); constant features' rows and columns
+    stay 0, as :meth:`sjalign.align.moments.Moments.standardised` leaves them."""
+    c_ab = cross_gram(pairs, train_idx, train_idx[perm], std.a_mean, std.a_std, std.b_mean, std.b_std)
+    c_ab[std.constant_a, :] = 0.0
+    c_ab[:, std.constant_b] = 0.0
+    return replace(std, c_ab=c_ab)
 
 
 def neighbour_rows(n_test: int, max_test: int | None, seed: int) -> np.ndarray | None:
@@ -49,14 +79,127 @@ def neighbour_rows(n_test: int, max_test: int | None, seed: int) -> np.ndarray |
     return np.sort(np.random.default_rng(seed).choice(n_test, max_test, replace=False))
 
 
-def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT_KS, permutations: int = 99,
+def dsc_rows(n_test: int, dsc_points: int, seed: int) -> np.ndarray:
+    """The test rows DSC compares: all up to ``dsc_points``, else the seeded subsample
+    :func:`sjalign.metrics.dsc` draws."""
+    if n_test <= dsc_points:
+        return np.arange(n_test)
+    return np.sort(np.random.default_rng(seed).choice(n_test, dsc_points, replace=False))
+
+
+@dataclass
+class TestSums:
+    """What one pass over the test pairs keeps for a map: Σ‖Ẑb − ẐaWᵀ‖², Σ‖Ẑb − ẐaQᵀ‖² and Σ‖Ẑb‖²
+    (Ẑ standardised with the map's train statistics, as :meth:`AlignmentMap.standardise_a` does)."""
+
+    sse: float = 0.0
+    sse_q: float = 0.0
+    ss_b: float = 0.0
+
+
+def test_pass(pairs, test_idx: np.ndarray, maps: dict[str, AlignmentMap], q: np.ndarray
+              ) -> tuple[PairGram, dict[str, TestSums]]:
+    """One chunked pass over the test pairs: their raw Gram and each map's squared errors.
+
+    The errors are summed from the predictions themselves (no cancellation however close R² is to
+    1); CKA and the null's R² come from the Gram by algebra.
+    """
+    gram, sums = None, {name: TestSums() for name in maps}
+    for sl in chunks(len(test_idx)):
+        x, y = pairs.take_x(test_idx[sl]), pairs.take_y(test_idx[sl])
+        gram = PairGram.start(x, y) if gram is None else gram
+        gram.add(x, y)
+        for name, m in maps.items():
+            za, zb = m.standardise_a(x), m.standardise_b(y).astype(np.float64)
+            s = sums[name]
+            s.sse += float(np.sum((zb - za @ m.W.T) ** 2))
+            s.sse_q += float(np.sum((zb - za @ q.T) ** 2))
+            s.ss_b += float(np.sum(zb**2))
+    return gram, sums
+
+
+def moment_scores(amap: AlignmentMap, gram: PairGram, sums: TestSums) -> dict[str, float]:
+    """mse, r2, cka, cka_raw and the Procrustes error of ``amap`` on the test pairs, from one pass.
+
+    With Ẑ standardised by the map's train statistics and C the column-centred test covariances
+    (Σ/n): P = ẐaWᵀ has C_pp = W C_aa Wᵀ and C_pb = W C_ab, so linear CKA (Kornblith et al. 2019)
+    is ‖C_pb‖²_F / (‖C_pp‖_F ‖C_bb‖_F); R² = 1 − Σ‖Ẑb − P‖² / (n tr C_bb) — the definitions of
+    :mod:`sjalign.metrics` (tested equal to them).
+    """
+    d_a = amap.d_a
+    c = gram.standardised(np.concatenate([amap.a_mean, amap.b_mean]), np.concatenate([amap.a_std, amap.b_std]),
+                          centred=True)
+    c_aa, c_ab, c_bb = c[:d_a, :d_a], c[:d_a, d_a:], c[d_a:, d_a:]
+    w = amap.W.astype(np.float64)
+    c_pp, c_pb = w @ c_aa @ w.T, w @ c_ab
+    n, d_b = gram.n, amap.d_b
+    total = n * float(np.trace(c_bb))
+
+    def cka(cross: np.ndarray, left: np.ndarray) -> float:
+        denom = np.linalg.norm(left) * np.linalg.norm(c_bb)
+        return float(np.linalg.norm(cross) ** 2 / denom) if denom > 0 else float("nan")
+
+    return {
+        "mse": sums.sse / (n * d_b),
+        "r2": 1.0 - sums.sse / total if total > 0 else float("nan"),
+        "cka": cka(c_pb, c_pp),
+        "cka_raw": cka(c_ab, c_aa),
+        "procrustes_error": sums.sse_q / sums.ss_b,
+    }
+
+
+def score_maps(pairs, test_idx: np.ndarray, maps: dict[str, AlignmentMap], q: np.ndarray, *, ks=DEFAULT_KS,
+               dsc_points: int = DEFAULT_DSC_POINTS, seed: int = 0, device="auto",
+               neighbour_rows: np.ndarray | None = None) -> tuple[dict[str, dict[str, float]], PairGram]:
+    """Every single-map metric of SPEC §4 for each map, on the test pairs ``test_idx``.
+
+    The same figures as :func:`sjalign.metrics.score_map` on the whole standardised test arrays, but
+    the test pairs are read in chunks: the moment metrics (mse, r2, cka, cka_raw, procrustes_error)
+    from one pass (:func:`test_pass`, :func:`moment_scores`); NOS@k and retrieval@1 (exact kNN) on the
+    rows ``neighbour_rows`` of the test pairs (all when None) and DSC on its ≤ ``dsc_points`` rows,
+    the only rows held at once; κ, rank and orth_dev of W alone.
+
+    Args:
+        maps: {name: map}, each scored in its own train statistics.
+        q: (d_b, d_a) orthogonal Procrustes map fitted on train, for ``procrustes_error``.
+
+    Returns:
+        ({name: {"mse", "r2", "cka", "cka_raw", "dsc", "nos@K"..., "retrieval@1", "procrustes_error",
+        "kappa", "rank", "orth_dev"}}, the test pairs' raw Gram).
+    """
+    n_test = len(test_idx)
+    gram, sums = test_pass(pairs, test_idx, maps, q)
+    nb = np.arange(n_test) if neighbour_rows is None else neighbour_rows
+    ds = dsc_rows(n_test, dsc_points, seed)
+    held = np.union1d(nb, ds)  # the test rows read whole: ≤ max_test + dsc_points
+    x, y = pairs.take_x(test_idx[held]), pairs.take_y(test_idx[held])
+    at_nb, at_ds = np.searchsorted(held, nb), np.searchsorted(held, ds)
+    out = {}
+    for name, m in maps.items():
+        zb, p = m.standardise_b(y), m.standardise_a(x) @ m.W.T
+        scores = moment_scores(m, gram, sums[name])
+        row = {key: scores[key] for key in ("mse", "r2", "cka", "cka_raw")}
+        row["dsc"] = dsc(zb[at_ds], p[at_ds], max_points=dsc_points, seed=seed, device=device)
+        row.update({f"nos@{k}": v for k, v in nos_at_k(zb[at_nb], p[at_nb], ks, device=device).items()})
+        row["retrieval@1"] = retrieval_at_1(zb[at_nb], p[at_nb], device=device)
+        row["procrustes_error"] = scores["procrustes_error"]
+        row.update(kappa=kappa(m.W), rank=numerical_rank(m.W), orth_dev=orth_dev(m.W))
+        out[name] = row
+    return out, gram
+
+
+def evaluate_pairs(pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT_KS, permutations: int = 99,
                    seed: int = 0, device="auto", dsc_points: int = 2000, with_null: bool = True,
                    trim_ks: bool = False, null: AlignmentMap | None = None,
                    max_test: int | None = DEFAULT_MAX_TEST) -> dict:
     """Score ``amap`` on the test pairs beside the shuffled-pair null (SPEC §4).
 
+    The split's rows are read in chunks (:func:`score_maps`): memory O(d² + chunk) plus the
+    ≤ ``max_test`` + ``dsc_points`` test rows the neighbour metrics and DSC compare, whether ``pairs``
+    is in memory or read from the files.
+
     Args:
-        pairs: paired raw latents.
+        pairs: paired raw latents (:class:`Pairs` or :class:`FilePairs`).
         split: train/test masks; train statistics come from ``amap``.
         amap: the map to judge (fitted on ``split.train``).
         permutations: number of shuffled-pair refits for the R² permutation p-value.
@@ -79,12 +222,10 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
         SjalignError: map dimensions that do not fit the latents, or a k ≥ n_test (unless
             ``trim_ks`` and some k < n_test remain).
     """
-    if amap.d_a != pairs.x.shape[1] or amap.d_b != pairs.y.shape[1]:
-        raise SjalignError(f"the map is {amap.d_a} -> {amap.d_b} but the latents are "
-                           f"{pairs.x.shape[1]} -> {pairs.y.shape[1]}")
-    x_tr, y_tr = pairs.x[split.train], pairs.y[split.train]
-    x_te, y_te = pairs.x[split.test], pairs.y[split.test]
-    n_test = len(x_te)
+    if amap.d_a != pairs.d_a or amap.d_b != pairs.d_b:
+        raise SjalignError(f"the map is {amap.d_a} -> {amap.d_b} but the latents are {pairs.d_a} -> {pairs.d_b}")
+    train_idx, test_idx = np.flatnonzero(split.train), np.flatnonzero(split.test)
+    n_test = len(test_idx)
     notes: list[str] = []
     if max_test is not None and max_test < 2:
         raise OptionError(f"{{max_test}} must be at least 2 test pairs, got {max_test}")
@@ -99,25 +240,24 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
         notes.append(f"only {n_nb} test pairs: NOS@k for k = {','.join(map(str, bad_k))} left out")
     elif bad_k:
         raise OptionError(f"{{ks}} {','.join(map(str, bad_k))}: each k must be between 1 and n_test - 1 = {n_nb - 1}")
-    std = accumulate(x_tr, y_tr).standardised()
-    q = solve_procrustes(std.c_ab)
-    za, zb = amap.standardise_a(x_te), amap.standardise_b(y_te)
-    kw = dict(ks=ks, q=q, dsc_points=dsc_points, seed=seed, device=device, neighbour_rows=rows)
-    metrics = score_map(amap.W, za, zb, **kw)
-
-    null, p_value, n_perm = None, None, 0
+    train = PairGram.of(pairs, train_idx)
+    std = train.moments().standardised()
+    maps = {"map": amap}
     if with_null:
-        nmap = null if null is not None else null_map(pairs, split, amap, seed=seed)
-        null = score_map(nmap.W, nmap.standardise_a(x_te), nmap.standardise_b(y_te), **kw)
-        for key in MAP_FREE_KEYS:  # they do not depend on the map: the null has none of its own
-            null.pop(key, None)
-        null_r2 = null_r2_distribution(x_tr, y_tr, x_te, y_te, permutations=permutations, seed=seed + 1, std=std,
+        maps["null"] = null if null is not None else null_map(pairs, split, amap, seed=seed, std=std)
+    scores, test = score_maps(pairs, test_idx, maps, solve_procrustes(std.c_ab), ks=ks, dsc_points=dsc_points,
+                              seed=seed, device=device, neighbour_rows=rows)
+    metrics, null_scores, p_value, n_perm = scores["map"], None, None, 0
+    if with_null:
+        null_scores = {k: v for k, v in scores["null"].items() if k not in MAP_FREE_KEYS}  # the latents' own
+        null_r2 = null_r2_distribution(pairs, train_idx, test, std, permutations=permutations, seed=seed + 1,
                                        **amap.refit_options())
         p_value = (1 + sum(v >= metrics["r2"] for v in null_r2)) / (1 + len(null_r2))
         n_perm = len(null_r2)
 
     eff_a = effective_rank(std.c_aa)
-    eff_b = effective_rank(standardised_gram(y_tr, std.b_mean, std.b_std, y_tr, std.b_mean, std.b_std))
+    means, stds = np.concatenate([std.a_mean, std.b_mean]), np.concatenate([std.a_std, std.b_std])
+    eff_b = effective_rank(train.standardised(means, stds, centred=True)[amap.d_a:, amap.d_a:])
     for side, eff, d in (("a", eff_a, amap.d_a), ("b", eff_b, amap.d_b)):
         if eff < LOW_RANK_FRACTION * d:
             notes.append(f"latents {side} are nearly rank-deficient (effective rank {eff:.1f} of {d}): R² and CKA "
@@ -129,7 +269,7 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
     metrics.update(eff_rank_a=eff_a, eff_rank_b=eff_b)
     return {
         "metrics": metrics,
-        "null": null,
+        "null": null_scores,
         "r2_p_value": p_value,
         "permutations": n_perm,
         "n_train": int(split.train.sum()),
@@ -141,50 +281,44 @@ def evaluate_pairs(pairs: Pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT
     }
 
 
-def null_r2_distribution(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, *, method: str,
-                         lam: float, permutations: int, seed: int, std: Standardised | None = None) -> list[float]:
+def null_r2_distribution(pairs, train_idx: np.ndarray, test: PairGram, std: Standardised, *, method: str,
+                         lam: float, permutations: int, seed: int) -> list[float]:
     """Held-out R² of maps refitted on shuffled training pairs, one per permutation.
 
-    Permuting target rows leaves the train statistics and C_aa unchanged, so for ridge and
-    lstsq the test projection G = Ẑa_test (C_aa + λI)⁻¹ is computed once and each shuffle
-    costs one product: P = G · Ẑa_trainᵀ Ẑb_train[perm] / n (:func:`standardised_gram`, chunk by chunk: no
-    standardised copy of the train split is held). Permutation ``i`` uses the generator seeded
-    ``seed + i``, the same draw as :func:`sjalign.align.shuffled_map`.
-    ``std``: the train split's standardised moments, when the caller has them already.
+    Permuting target rows leaves the train statistics and C_aa unchanged, so each shuffle costs one
+    chunked product C_π = Ẑa_trainᵀ Ẑb_train[π] / n (:func:`sjalign.protocol.gram.cross_gram`) and
+    the map M = (C_aa + λI)⁻¹ C_π (lstsq: λ = 0, the pseudoinverse when singular; Procrustes: M = Qᵀ
+    of C_π). Its held-out R² follows from the test pairs' Gram G (standardised with the train
+    statistics): Σ‖Ẑb − ẐaM‖² = tr G_bb − 2⟨M, G_ab⟩ + ⟨G_aa M, M⟩, no test rows held.
+    Permutation ``i`` uses the generator seeded ``seed + i``, the same draw as
+    :func:`sjalign.align.shuffled_map`.
+
+    Args:
+        train_idx: (n_train,) indices of the train pairs in ``pairs``.
+        test: raw Gram of the test pairs (:class:`PairGram`).
+        std: the train split's standardised moments.
+
+    Returns:
+        ``permutations`` R² values.
     """
-    std = std if std is not None else accumulate(x_tr, y_tr).standardised()
-    za_te, zb_te = (x_te - std.a_mean) / std.a_std, (y_te - std.b_mean) / std.b_std
-    n = len(x_tr)
+    d_a = len(std.c_aa)
+    means, stds = np.concatenate([std.a_mean, std.b_mean]), np.concatenate([std.a_std, std.b_std])
+    g = test.standardised(means, stds, centred=False) * test.n  # Σzzᵀ over the test pairs
+    g_aa, g_ab, t_bb = g[:d_a, :d_a], g[:d_a, d_a:], float(np.trace(g[d_a:, d_a:]))
+    total = test.n * float(np.trace(test.standardised(means, stds, centred=True)[d_a:, d_a:]))
     if method != "procrustes":
-        a = std.c_aa + lam * np.eye(len(std.c_aa))
+        a = std.c_aa + lam * np.eye(d_a)
         try:
             if lam <= 0:
                 raise np.linalg.LinAlgError
-            g = scipy.linalg.solve(a, za_te.T, assume_a="pos").T
+            inverse = scipy.linalg.solve(a, np.eye(d_a), assume_a="pos")
         except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
-            g = za_te @ np.linalg.pinv(a, rcond=1e-10, hermitian=True)
+            inverse = np.linalg.pinv(a, rcond=1e-10, hermitian=True)
     out = []
     for i in range(permutations):
-        perm = np.random.default_rng(seed + i).permutation(n)
-        c_ab = standardised_gram(x_tr, std.a_mean, std.a_std, y_tr, std.b_mean, std.b_std, rows_v=perm)
-        if method == "procrustes":
-            pred = za_te @ solve_procrustes(c_ab).T
-        else:
-            pred = g @ c_ab
-        out.append(r2(zb_te, pred))
+        perm = np.random.default_rng(seed + i).permutation(len(train_idx))
+        c_ab = cross_gram(pairs, train_idx, train_idx[perm], std.a_mean, std.a_std, std.b_mean, std.b_std)
+        m = solve_procrustes(c_ab).T if method == "procrustes" else inverse @ c_ab  # (d_a, d_b): P = Ẑa M
+        resid = t_bb - 2.0 * float(np.sum(m * g_ab)) + float(np.sum((g_aa @ m) * m))
+        out.append(1.0 - resid / total if total > 0 else float("nan"))
     return out
-
-
-def standardised_gram(u: np.ndarray, u_mean: np.ndarray, u_std: np.ndarray, v: np.ndarray, v_mean: np.ndarray,
-                      v_std: np.ndarray, *, rows_v: np.ndarray | None = None) -> np.ndarray:
-    """Ẑuᵀ Ẑv / n in float64 for Ẑu = (u − u_mean) / u_std (n, d_u) and Ẑv likewise over the rows
-    ``v[rows_v]`` (all of v when None), in chunks of :data:`ROW_CHUNK` rows: memory O(chunk·d + d_u·d_v)
-    instead of two standardised float64 copies of the n rows. Returns (d_u, d_v)."""
-    n = len(u)
-    out = np.zeros((u.shape[1], v.shape[1]))
-    for start in range(0, n, ROW_CHUNK):
-        stop = min(start + ROW_CHUNK, n)
-        zu = (u[start:stop] - u_mean) / u_std
-        zv = ((v[start:stop] if rows_v is None else v[rows_v[start:stop]]) - v_mean) / v_std
-        out += zu.T @ zv
-    return out / n
