@@ -102,7 +102,12 @@ def cross_gram(pairs, rows_x: np.ndarray, rows_y: np.ndarray, mean_a: np.ndarray
     """
     out = np.zeros((pairs.d_a, pairs.d_b))
     for sl in chunks(len(rows_x)):
-        za = (pairs.take_x(rows_x[sl]) - mean_a) / std_a
-        zb = (pairs.take_y(rows_y[sl]) - mean_b) / std_b
-        out += za.T @ zb
-    return out / len(rows_x)
+        out += centred(pairs.take_x(rows_x[sl]), mean_a).T @ centred(pairs.take_y(rows_y[sl]), mean_b)
+    return out / np.outer(std_a, std_b) / len(rows_x)  # the scaling of Ẑ, once on the (d_a, d_b) sum
+
+
+def centred(v: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """v − mean in float64, in one new array (m, d)."""
+    z = v.astype(np.float64)
+    z -= mean
+    return z
