@@ -239,7 +239,7 @@ def test_resume_refuses_other_architecture(fmnist, tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["seed"] == 1
 
 
-def test_input_norm_measures_the_training_pixels_and_travels_with_the_checkpoint(fmnist, tmp_path):
+def test_input_norm_measures_the_training_pixels_and_travels_with_the_checkpoint(fmnist, tmp_path, monkeypatch):
     """input_norm: the run's config holds the training images' pixel mean and std, the exported encoder
     standardises with them (equal to a plain ViT on standardised pixels), a resume measures the same
     values, and a config written before the option existed reads as raw pixels."""
@@ -255,7 +255,11 @@ def test_input_norm_measures_the_training_pixels_and_travels_with_the_checkpoint
     standardised = (x - cfg.vit.input_mean[0]) / cfg.vit.input_std[0]
     torch.testing.assert_close(encoder(x), plain(standardised), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(encoder(x), plain(x), atol=1e-3)  # the statistics matter
-    pretrain(small_config(epochs=2, input_norm=True), images, tmp_path / "norm", resume=True)  # same values: resumable
+    import sjalign.jepa.train as train
+
+    monkeypatch.setattr(train, "INPUT_STATS_IMAGES", 7)  # a re-measurement would differ: the resume keeps the run's own
+    pretrain(small_config(epochs=2, input_norm=True), images, tmp_path / "norm", resume=True)
+    assert load_encoder(tmp_path / "norm")[1].vit.input_mean == cfg.vit.input_mean
     raw = small_config(epochs=1, input_norm=False)
     assert raw.vit.input_mean is None
     old = json.loads(raw.to_json())

@@ -87,7 +87,7 @@ class PretrainConfig:
         pred_depth: predictor (or pixel decoder) blocks.
         input_norm: standardise the encoder's input pixels per channel with the training images'
             mean and std (``pretrain`` measures them and stores them in ``vit``, so the exported
-            encoder applies them too); the references all do (their ``Normalize``).
+            encoder applies them too), as the I-JEPA and MAE references' ``Normalize`` does.
         max_states: cap on the number of states used (provenance; applied by the loader).
         seed: seeds model init, shuffling and masks.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".

@@ -281,7 +281,6 @@ def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, res
     out_dir = Path(out_dir)
     vit = config.vit
     feed = _Feed(images, (vit.in_chans, vit.img_size, vit.img_size), config.model)
-    config = with_input_stats(config, feed)
     state = None
     if resume:
         if not (out_dir / ckpt.TRAIN_STATE_FILE).is_file():
@@ -289,9 +288,15 @@ def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, res
                                f"run has finished; start it afresh)")
         state = ckpt.load_train_state(out_dir)
         saved = state.config if state.config is not None else ckpt.load_checkpoint(out_dir)[1]
+        if config.input_norm and config.vit.input_mean is None and saved.vit.input_mean is not None:
+            # the run's own statistics, not a re-measurement (whose last bits could depend on the thread count)
+            config = dataclasses.replace(config, vit=dataclasses.replace(
+                config.vit, input_mean=saved.vit.input_mean, input_std=saved.vit.input_std))
+        config = with_input_stats(config, feed)
         _check_resumable(state.path, saved, config)
     elif (out_dir / ckpt.CHECKPOINT_FILE).exists() and not overwrite:
         raise SjalignError(f"{out_dir / ckpt.CHECKPOINT_FILE} already exists (resume it, or overwrite)")
+    config = with_input_stats(config, feed)
     device = resolve_device(config.device)
     if config.precision == "bf16" and device.type != "cuda":
         warnings.warn("precision bf16 is used on CUDA only; training in fp32 on the CPU", stacklevel=2)
