@@ -294,10 +294,18 @@ def test_null_r2_distribution_is_the_same_in_chunks_of_rows(monkeypatch):
     g = gram.PairGram.of(pairs, rows)
     v = np.hstack([x[:200], y[:200]])
     mu, sd = v.mean(0) + 0.5, v.std(0) * 1.5  # any standardisation, not only the rows' own
-    np.testing.assert_allclose(g.standardised(mu, sd, centred=False), ((v - mu) / sd).T @ ((v - mu) / sd) / 200,
-                               rtol=1e-12, atol=1e-12)
+    stats = (mu[:6], sd[:6], mu[6:], sd[6:])
+    np.testing.assert_allclose(np.block(_square(g.standardised(*stats, centred=False))),
+                               ((v - mu) / sd).T @ ((v - mu) / sd) / 200, rtol=1e-12, atol=1e-12)
     vc = (v - v.mean(0)) / sd
-    np.testing.assert_allclose(g.standardised(mu, sd, centred=True), vc.T @ vc / 200, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.block(_square(g.standardised(*stats, centred=True))), vc.T @ vc / 200,
+                               rtol=1e-12, atol=1e-12)
+
+
+def _square(blocks):
+    """(C_aa, C_ab, C_bb) -> the nested list np.block makes the whole symmetric matrix from."""
+    c_aa, c_ab, c_bb = blocks
+    return [[c_aa, c_ab], [c_ab.T, c_bb]]
 
 
 # ---------------------------------------------------------------- sweeps (paper App. B)

@@ -82,15 +82,19 @@ class PairGram:
         return Moments(self.n, self.s[:a].copy(), self.s[a:].copy(), self.g[:a, :a].copy(), self.g[:a, a:].copy(),
                        np.diag(self.g)[a:].copy(), self.shift[:a], self.shift[a:])
 
-    def standardised(self, mean: np.ndarray, std: np.ndarray, *, centred: bool) -> np.ndarray:
-        """(d, d) Σzzᵀ / n for z = (v − mean) / std; ``centred``: about these rows' own mean instead."""
+    def standardised(self, a_mean: np.ndarray, a_std: np.ndarray, b_mean: np.ndarray, b_std: np.ndarray, *,
+                     centred: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Σzzᵀ / n for z = ([x, y] − mean) / std, as its blocks (C_aa (d_a, d_a), C_ab (d_a, d_b),
+        C_bb (d_b, d_b)); ``centred``: about these rows' own mean instead of ``a_mean``, ``b_mean``."""
         if centred:
             g = self.g - np.outer(self.s, self.s) / self.n
         else:
-            delta = self.shift - np.asarray(mean, dtype=np.float64)
+            delta = self.shift - np.concatenate([a_mean, b_mean]).astype(np.float64)
             g = self.g + np.outer(delta, self.s) + np.outer(self.s, delta) + self.n * np.outer(delta, delta)
-        std = np.asarray(std, dtype=np.float64)
-        return g / np.outer(std, std) / self.n
+        std = np.concatenate([a_std, b_std]).astype(np.float64)
+        c = g / np.outer(std, std) / self.n
+        a = self.d_a
+        return c[:a, :a], c[:a, a:], c[a:, a:]
 
 
 def cross_gram(pairs, rows_x: np.ndarray, rows_y: np.ndarray, mean_a: np.ndarray, std_a: np.ndarray,

@@ -126,10 +126,7 @@ def moment_scores(amap: AlignmentMap, gram: PairGram, sums: TestSums) -> dict[st
     is ‖C_pb‖²_F / (‖C_pp‖_F ‖C_bb‖_F); R² = 1 − Σ‖Ẑb − P‖² / (n tr C_bb) — the definitions of
     :mod:`sjalign.metrics` (tested equal to them).
     """
-    d_a = amap.d_a
-    c = gram.standardised(np.concatenate([amap.a_mean, amap.b_mean]), np.concatenate([amap.a_std, amap.b_std]),
-                          centred=True)
-    c_aa, c_ab, c_bb = c[:d_a, :d_a], c[:d_a, d_a:], c[d_a:, d_a:]
+    c_aa, c_ab, c_bb = gram.standardised(amap.a_mean, amap.a_std, amap.b_mean, amap.b_std, centred=True)
     w = amap.W.astype(np.float64)
     c_pp, c_pb = w @ c_aa @ w.T, w @ c_ab
     n, d_b = gram.n, amap.d_b
@@ -256,8 +253,7 @@ def evaluate_pairs(pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT_KS, pe
         n_perm = len(null_r2)
 
     eff_a = effective_rank(std.c_aa)
-    means, stds = np.concatenate([std.a_mean, std.b_mean]), np.concatenate([std.a_std, std.b_std])
-    eff_b = effective_rank(train.standardised(means, stds, centred=True)[amap.d_a:, amap.d_a:])
+    eff_b = effective_rank(train.standardised(std.a_mean, std.a_std, std.b_mean, std.b_std, centred=True)[2])
     for side, eff, d in (("a", eff_a, amap.d_a), ("b", eff_b, amap.d_b)):
         if eff < LOW_RANK_FRACTION * d:
             notes.append(f"latents {side} are nearly rank-deficient (effective rank {eff:.1f} of {d}): R² and CKA "
@@ -302,10 +298,10 @@ def null_r2_distribution(pairs, train_idx: np.ndarray, test: PairGram, std: Stan
         ``permutations`` R² values.
     """
     d_a = len(std.c_aa)
-    means, stds = np.concatenate([std.a_mean, std.b_mean]), np.concatenate([std.a_std, std.b_std])
-    g = test.standardised(means, stds, centred=False) * test.n  # Σzzᵀ over the test pairs
-    g_aa, g_ab, t_bb = g[:d_a, :d_a], g[:d_a, d_a:], float(np.trace(g[d_a:, d_a:]))
-    total = test.n * float(np.trace(test.standardised(means, stds, centred=True)[d_a:, d_a:]))
+    stats = (std.a_mean, std.a_std, std.b_mean, std.b_std)
+    g_aa, g_ab, g_bb = (c * test.n for c in test.standardised(*stats, centred=False))  # Σzzᵀ over the test pairs
+    t_bb = float(np.trace(g_bb))
+    total = test.n * float(np.trace(test.standardised(*stats, centred=True)[2]))
     if method != "procrustes":
         a = std.c_aa + lam * np.eye(d_a)
         try:
