@@ -145,24 +145,18 @@ class FilePairs:
         """(m, d_b) float32 target latents of the pairs ``rows``."""
         return read_set_rows(self.b, self.paired.rows_b[rows])
 
-    def load(self):
-        """Every pair in memory: a :class:`sjalign.align.pairing.Pairs`."""
-        from sjalign.align.pairing import Pairs
 
-        every = np.arange(len(self.state_ids))
-        return Pairs(self.take_x(every), self.take_y(every), self.state_ids, self.labels, self.split,
-                     dropped_a=self.dropped_a, dropped_b=self.dropped_b)
-
-
-def read_set_rows(lset: LatentsSet, rows: np.ndarray) -> np.ndarray:
-    """(m, d) float32 global rows ``rows`` (distinct, any order) of a latent set: read in ascending order
-    (contiguous runs as slices, the rest gathered) and put back in the order asked."""
+def read_set_rows(lset: LatentsSet, rows: np.ndarray, out: np.ndarray | None = None,
+                  shift: np.ndarray | None = None) -> np.ndarray:
+    """Global rows ``rows`` (distinct, any order) of a latent set minus ``shift``, into ``out`` ((m, d); float32
+    when allocated here): read in ascending order (contiguous runs as slices, the rest gathered) and put
+    back in the order asked."""
     rows = np.asarray(rows)
-    out = np.empty((len(rows), lset.dim), np.float32)
+    out = np.empty((len(rows), lset.dim), np.float32) if out is None else out
     if len(rows) < 2 or np.all(rows[1:] > rows[:-1]):
-        return lset.read_into(rows, out)
+        return lset.read_into(rows, out, shift)
     order = np.argsort(rows, kind="stable")
-    out[order] = lset.read_into(rows[order], np.empty_like(out))
+    out[order] = lset.read_into(rows[order], np.empty_like(out), shift)
     return out
 
 
@@ -243,13 +237,7 @@ def stream_moments(a: LatentsSet, b: LatentsSet, rows_a: np.ndarray, rows_b: np.
         ra, rb = rows_a[sel], rows_b[sel]
         ua, vb = buf[0][:len(ra)], buf[1][:len(ra)]
         a.read_into(ra, ua, shift[0])
-        if len(rb) == 1 or np.all(rb[1:] > rb[:-1]):
-            b.read_into(rb, vb, shift[1])
-        else:  # the B files hold these states in another order: gather them sorted, then place them
-            perm = np.argsort(rb)
-            tmp = np.empty_like(vb)
-            b.read_into(rb[perm], tmp, shift[1])
-            vb[perm] = tmp
+        read_set_rows(b, rb, vb, shift[1])  # the B files may hold these states in another order
         return sel, ua, vb
 
     def sums(sel, ua: np.ndarray, vb: np.ndarray, out: Moments | None = None) -> list[tuple[int, Moments]]:
