@@ -99,14 +99,18 @@ def _check_resumable(path: Path, saved: PretrainConfig, config: PretrainConfig) 
 INPUT_STATS_IMAGES = 10_000  # images (evenly spaced over the training set) whose pixels give input_mean/std
 
 
-def with_input_stats(config: PretrainConfig, feed: "_Feed") -> PretrainConfig:
-    """``config`` with the training images' per-channel pixel mean and std in ``vit`` when ``input_norm`` is on
-    and ``vit`` has none yet (a resumed run's config has them already; the same images give the same values).
+def with_input_stats(config: PretrainConfig, feed: "_Feed", saved: PretrainConfig | None = None) -> PretrainConfig:
+    """``config`` with the per-channel pixel mean and std in ``vit`` when ``input_norm`` is on and ``vit`` has
+    none yet: a resumed run's own (``saved``, its checkpoint's config) when it has them — not measured again,
+    whose last bits could depend on the thread count — else the training images'.
 
     Measured on at most :data:`INPUT_STATS_IMAGES` images evenly spaced over the feed, in float64.
     """
     if not config.input_norm or config.vit.input_mean is not None:
         return config
+    if saved is not None and saved.vit.input_mean is not None:
+        vit = dataclasses.replace(config.vit, input_mean=saved.vit.input_mean, input_std=saved.vit.input_std)
+        return dataclasses.replace(config, vit=vit)
     rows = np.unique(np.linspace(0, feed.n - 1, min(feed.n, INPUT_STATS_IMAGES)).round().astype(np.int64))
     pixels = feed.take(rows).double().transpose(0, 1).reshape(config.vit.in_chans, -1)  # (C, m·H·W)
     mean, std = pixels.mean(1), pixels.std(1, unbiased=False)
@@ -281,22 +285,18 @@ def pretrain(config: PretrainConfig, images: Images, out_dir: str | Path, *, res
     out_dir = Path(out_dir)
     vit = config.vit
     feed = _Feed(images, (vit.in_chans, vit.img_size, vit.img_size), config.model)
-    state = None
+    state = saved = None
     if resume:
         if not (out_dir / ckpt.TRAIN_STATE_FILE).is_file():
             raise SjalignError(f"{out_dir / ckpt.TRAIN_STATE_FILE}: no such file, nothing to resume (no epoch of this "
                                f"run has finished; start it afresh)")
         state = ckpt.load_train_state(out_dir)
         saved = state.config if state.config is not None else ckpt.load_checkpoint(out_dir)[1]
-        if config.input_norm and config.vit.input_mean is None and saved.vit.input_mean is not None:
-            # the run's own statistics, not a re-measurement (whose last bits could depend on the thread count)
-            config = dataclasses.replace(config, vit=dataclasses.replace(
-                config.vit, input_mean=saved.vit.input_mean, input_std=saved.vit.input_std))
-        config = with_input_stats(config, feed)
-        _check_resumable(state.path, saved, config)
     elif (out_dir / ckpt.CHECKPOINT_FILE).exists() and not overwrite:
         raise SjalignError(f"{out_dir / ckpt.CHECKPOINT_FILE} already exists (resume it, or overwrite)")
-    config = with_input_stats(config, feed)
+    config = with_input_stats(config, feed, saved)
+    if state is not None:
+        _check_resumable(state.path, saved, config)
     device = resolve_device(config.device)
     if config.precision == "bf16" and device.type != "cuda":
         warnings.warn("precision bf16 is used on CUDA only; training in fp32 on the CPU", stacklevel=2)
