@@ -77,8 +77,8 @@ def main() -> None:
         run, init = out / objective, out / f"{objective}-init"
         seconds = sh("pretrain", "--objective", objective, *common, "--seed", args.seed, "--eval-every", 0,
                      *shlex.split(args.extra), "-o", run, "--force")
-        sh("pretrain", "--objective", objective, *common, "--seed", args.seed, "--epochs", 0, "--eval-every", 0,
-           "-o", init, "--force")
+        sh("pretrain", "--objective", objective, *common, "--seed", args.seed, *shlex.split(args.extra),
+           "--epochs", 0, "--eval-every", 0, "-o", init, "--force")  # the extras too: --input-norm shapes the init
         for r in (run, init):
             sh("embed", "--encoder", f"jepa:{r}", *common, "-o", f"{r}.safetensors", "--force")
         log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
