@@ -284,13 +284,19 @@ def test_null_r2_distribution_is_the_same_in_chunks_of_rows(monkeypatch):
     kw = dict(method="ridge", lam=1e-3, permutations=4, seed=2)
     whole = _null_r2(x[:200], y[:200], x[200:], y[200:], **kw)
     monkeypatch.setattr(gram, "ROW_CHUNK", 7)  # 29 chunks, the last one partial
+    monkeypatch.setattr(gram, "NULL_BLOCK_BYTES", 0)  # the null in blocks of 7 rows (29 blocks)
+    monkeypatch.setattr(gram, "NULL_GROUP_BYTES", 0)  # one permutation per pass
     np.testing.assert_allclose(_null_r2(x[:200], y[:200], x[200:], y[200:], **kw), whole, rtol=0, atol=1e-12)
-    perm = np.random.default_rng(0).permutation(200)
     pairs = Pairs(x, y, np.arange(250), None, None, 0, 0)
     zx, zy = (x[:200] - x[:200].mean(0)) / x[:200].std(0), (y[:200] - 1.0) / 2.0
     rows = np.arange(200)
-    np.testing.assert_allclose(gram.cross_gram(pairs, rows, rows[perm], x[:200].mean(0), x[:200].std(0), 1.0, 2.0),
-                               zx.T @ zy[perm] / 200, rtol=0, atol=1e-12)
+    monkeypatch.setattr(gram, "NULL_GROUP_BYTES", 2 * (4 * 200 + 8 * 24))  # two permutations per pass
+    for block in (None, 1, 13, 64, 199, 200):  # 29 blocks of 7, one row each, uneven last block, one block
+        grams = gram.shuffled_cross_grams(pairs, rows, [0, 5, 9], x[:200].mean(0), x[:200].std(0), 1.0, 2.0,
+                                          block=block)
+        for seed, c in zip([0, 5, 9], grams, strict=True):
+            perm = np.random.default_rng(seed).permutation(200)
+            np.testing.assert_allclose(c, zx.T @ zy[perm] / 200, rtol=0, atol=1e-12)
     g = gram.PairGram.of(pairs, rows)
     v = np.hstack([x[:200], y[:200]])
     mu, sd = v.mean(0) + 0.5, v.std(0) * 1.5  # any standardisation, not only the rows' own

@@ -15,6 +15,7 @@ the cancellation of E[v²] − E[v]²).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,8 @@ import numpy as np
 from sjalign.align.moments import Moments
 
 ROW_CHUNK = 65536  # rows read and multiplied at a time: memory O(ROW_CHUNK · (d_a + d_b))
+NULL_BLOCK_BYTES = 256 * 2**20  # one block of both sides' float64 rows in the shuffled-pair null
+NULL_GROUP_BYTES = 256 * 2**20  # the permutations' row indices and sums handled in one pass of the null
 
 
 def chunks(n: int, chunk: int | None = None):
@@ -97,17 +100,44 @@ class PairGram:
         return c[:a, :a], c[:a, a:], c[a:, a:]
 
 
-def cross_gram(pairs, rows_x: np.ndarray, rows_y: np.ndarray, mean_a: np.ndarray, std_a: np.ndarray,
-               mean_b: np.ndarray, std_b: np.ndarray) -> np.ndarray:
-    """Ẑaᵀ Ẑb / n over paired index lists: row i of Ẑa is pair ``rows_x[i]``'s x, row i of Ẑb pair
-    ``rows_y[i]``'s y, each standardised ((v − mean) / std) in float64. With ``rows_y`` a permutation of
-    ``rows_x`` this is the C_ab of shuffled pairs (the null); memory O(:data:`ROW_CHUNK` · d + d_a · d_b).
-    Returns (d_a, d_b).
+def shuffled_cross_grams(pairs, rows: np.ndarray, seeds: Sequence[int], mean_a: np.ndarray, std_a: np.ndarray,
+                         mean_b: np.ndarray, std_b: np.ndarray, *, block: int | None = None) -> Iterator[np.ndarray]:
+    """The C_ab of shuffled pairs (the null), one per seed, in order: C_π = Ẑaᵀ Ẑb_π / n (d_a, d_b), where row i
+    of Ẑa is pair ``rows[i]``'s x and row i of Ẑb_π pair ``rows[π(i)]``'s y, each standardised
+    ((v − mean) / std) in float64, and π = ``np.random.default_rng(seed).permutation(n)`` (the draw of
+    :func:`sjalign.align.shuffled_map`).
+
+    Block-wise, so that no permutation gathers rows at random from the files: the rows are cut into K
+    blocks of ``block`` (default: :data:`NULL_BLOCK_BYTES` of both sides' float64 rows, at least
+    :data:`ROW_CHUNK`); with block I of x held, each block J of y is read once and every permutation's
+    pairs (i ∈ I, π(i) ∈ J) are multiplied from memory. Per group of permutations (as many as
+    :data:`NULL_GROUP_BYTES` holds: one int32 index per row and one (d_a, d_b) sum each) x is read once
+    and y K times, in row order. Memory: two blocks plus the group.
     """
-    out = np.zeros((pairs.d_a, pairs.d_b))
-    for sl in chunks(len(rows_x)):
-        out += centred(pairs.take_x(rows_x[sl]), mean_a).T @ centred(pairs.take_y(rows_y[sl]), mean_b)
-    return out / np.outer(std_a, std_b) / len(rows_x)  # the scaling of Ẑ, once on the (d_a, d_b) sum
+    n, d_a, d_b = len(rows), pairs.d_a, pairs.d_b
+    block = min(n, block or max(ROW_CHUNK, NULL_BLOCK_BYTES // (8 * (d_a + d_b))))
+    k = -(-n // block)
+    index = np.int32 if n < 2**31 else np.int64
+    group = max(1, NULL_GROUP_BYTES // (np.dtype(index).itemsize * n + 8 * d_a * d_b))
+    scale = np.outer(std_a, std_b) * n  # the scaling of Ẑ, once on each (d_a, d_b) sum
+    seeds = list(seeds)
+    for first in range(0, len(seeds), group):
+        perms = [np.random.default_rng(s).permutation(n).astype(index) for s in seeds[first:first + group]]
+        sums = np.zeros((len(perms), d_a, d_b))
+        for lo in range(0, n, block):
+            za = centred(pairs.take_x(rows[lo:lo + block]), mean_a)  # (m, d_a)
+            by_block = []  # per permutation: this block's positions ordered by their partner's block, and bounds
+            for perm in perms:
+                target_block = perm[lo:lo + block] // block
+                order = np.argsort(target_block.astype(np.uint16) if k < 2**16 else target_block, kind="stable")
+                by_block.append((order, np.searchsorted(target_block[order], np.arange(k + 1))))
+            for j, jlo in enumerate(range(0, n, block)):
+                zb = centred(pairs.take_y(rows[jlo:jlo + block]), mean_b)  # (m', d_b)
+                for p, (perm, (order, bounds)) in enumerate(zip(perms, by_block)):
+                    own = order[bounds[j]:bounds[j + 1]]  # positions (within block I) whose partner is in block J
+                    if len(own):
+                        sums[p] += za[own].T @ zb[perm[lo + own] - jlo]
+        yield from (s / scale for s in sums)
 
 
 def centred(v: np.ndarray, mean: np.ndarray) -> np.ndarray:

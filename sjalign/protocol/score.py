@@ -22,7 +22,7 @@ from sjalign.align.moments import Standardised
 from sjalign.errors import OptionError, SjalignError
 from sjalign.metrics import DEFAULT_DSC_POINTS, DEFAULT_KS, dsc, effective_rank, kappa, nos_at_k, numerical_rank
 from sjalign.metrics import orth_dev, retrieval_at_1
-from sjalign.protocol.gram import PairGram, chunks, cross_gram
+from sjalign.protocol.gram import PairGram, chunks, shuffled_cross_grams
 from sjalign.protocol.split import Split
 
 LOW_RANK_FRACTION = 0.1
@@ -51,21 +51,21 @@ def null_map(pairs, split: Split, amap: AlignmentMap, *, seed: int = 0, std: Sta
     (the permutation of :func:`sjalign.align.shuffled_map` with seed ``seed + 1``).
 
     Permuting targets leaves the train means, stds and C_aa unchanged, so only C_ab is recomputed
-    (:func:`sjalign.protocol.gram.cross_gram`, chunk by chunk). ``std``: the train split's
-    standardised moments when the caller has them.
+    (:func:`sjalign.protocol.gram.shuffled_cross_grams`). ``std``: the train split's standardised
+    moments when the caller has them.
     """
     tr = np.flatnonzero(split.train)
     std = std if std is not None else PairGram.of(pairs, tr).moments().standardised()
-    perm = np.random.default_rng(seed + 1).permutation(len(tr))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return map_from_moments(shuffled_moments(pairs, tr, perm, std), amap.train_state_ids, **amap.refit_options())
+        return map_from_moments(shuffled_moments(pairs, tr, seed + 1, std), amap.train_state_ids,
+                                **amap.refit_options())
 
 
-def shuffled_moments(pairs, train_idx: np.ndarray, perm: np.ndarray, std: Standardised) -> Standardised:
-    """The train moments ``std`` with C_ab of the pairs (x_i, y_perm(i)); constant features' rows and columns
-    stay 0, as :meth:`sjalign.align.moments.Moments.standardised` leaves them."""
-    c_ab = cross_gram(pairs, train_idx, train_idx[perm], std.a_mean, std.a_std, std.b_mean, std.b_std)
+def shuffled_moments(pairs, train_idx: np.ndarray, seed: int, std: Standardised) -> Standardised:
+    """The train moments ``std`` with C_ab of the pairs (x_i, y_π(i)), π drawn from ``seed``; constant
+    features' rows and columns stay 0, as :meth:`sjalign.align.moments.Moments.standardised` leaves them."""
+    c_ab = next(shuffled_cross_grams(pairs, train_idx, [seed], std.a_mean, std.a_std, std.b_mean, std.b_std))
     c_ab[std.constant_a, :] = 0.0
     c_ab[:, std.constant_b] = 0.0
     return replace(std, c_ab=c_ab)
@@ -282,7 +282,7 @@ def null_r2_distribution(pairs, train_idx: np.ndarray, test: PairGram, std: Stan
     """Held-out R² of maps refitted on shuffled training pairs, one per permutation.
 
     Permuting target rows leaves the train statistics and C_aa unchanged, so each shuffle costs one
-    chunked product C_π = Ẑa_trainᵀ Ẑb_train[π] / n (:func:`sjalign.protocol.gram.cross_gram`) and
+    product C_π = Ẑa_trainᵀ Ẑb_train[π] / n (:func:`sjalign.protocol.gram.shuffled_cross_grams`, block-wise) and
     the map M = (C_aa + λI)⁻¹ C_π (lstsq: λ = 0, the pseudoinverse when singular; Procrustes: M = Qᵀ
     of C_π). Its held-out R² follows from the test pairs' Gram G (standardised with the train
     statistics): Σ‖Ẑb − ẐaM‖² = tr G_bb − 2⟨M, G_ab⟩ + ⟨G_aa M, M⟩, no test rows held.
@@ -311,9 +311,7 @@ def null_r2_distribution(pairs, train_idx: np.ndarray, test: PairGram, std: Stan
         except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
             inverse = np.linalg.pinv(a, rcond=1e-10, hermitian=True)
     out = []
-    for i in range(permutations):
-        perm = np.random.default_rng(seed + i).permutation(len(train_idx))
-        c_ab = cross_gram(pairs, train_idx, train_idx[perm], std.a_mean, std.a_std, std.b_mean, std.b_std)
+    for c_ab in shuffled_cross_grams(pairs, train_idx, range(seed, seed + permutations), *stats):
         m = solve_procrustes(c_ab).T if method == "procrustes" else inverse @ c_ab  # (d_a, d_b): P = Ẑa M
         resid = t_bb - 2.0 * float(np.sum(m * g_ab)) + float(np.sum((g_aa @ m) * m))
         out.append(1.0 - resid / total if total > 0 else float("nan"))
