@@ -4,8 +4,9 @@ Pure functions over paired latents read through ``take_x`` / ``take_y``
 (:class:`sjalign.align.pairing.Pairs` in memory, :class:`sjalign.align.streaming.FilePairs`
 from the files): the split's rows are read in chunks and only their moments kept
 (:mod:`sjalign.protocol.gram`), so memory is O(d² + chunk) plus the ≤ ``max_test`` test rows the
-neighbour metrics and the ≤ ``dsc_points`` rows DSC compare exactly. The CLI only reads files and
-prints what these return.
+neighbour metrics and the ≤ ``dsc_points`` rows DSC compare exactly, and the two blocks of train rows
+the shuffled-pair null multiplies (:data:`sjalign.protocol.gram.NULL_BLOCK_BYTES`). The CLI only reads
+files and prints what these return.
 """
 
 from __future__ import annotations
@@ -192,8 +193,8 @@ def evaluate_pairs(pairs, split: Split, amap: AlignmentMap, *, ks=DEFAULT_KS, pe
     """Score ``amap`` on the test pairs beside the shuffled-pair null (SPEC §4).
 
     The split's rows are read in chunks (:func:`score_maps`): memory O(d² + chunk) plus the
-    ≤ ``max_test`` + ``dsc_points`` test rows the neighbour metrics and DSC compare, whether ``pairs``
-    is in memory or read from the files.
+    ≤ ``max_test`` + ``dsc_points`` test rows the neighbour metrics and DSC compare and the null's two
+    blocks of train rows, whether ``pairs`` is in memory or read from the files.
 
     Args:
         pairs: paired raw latents (:class:`Pairs` or :class:`FilePairs`).
