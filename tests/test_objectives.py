@@ -430,8 +430,7 @@ def test_objective_trains_and_exports_an_uncollapsed_encoder(objective, fmnist, 
 # (README, "Does it learn?"), kept visible as strict xfails so that a fix shows up as an XPASS.
 STALLS = {"ijepa": "the EMA target stays at its initialisation's rank in a short run (README: Does it learn?)",
           "cjepa": "as ijepa: VICReg acts on the context encoder, the EMA target is exported",
-          "mae": "pixel reconstruction lowers the rank of the mean-pooled tokens in a short run",
-          "ae": "pixel reconstruction lowers the rank of the mean-pooled tokens in a short run"}
+          "mae": "RankMe rises only 1.17x in 80 steps (it fell, 0.80x, on raw pixels); 10 epochs: 4.6 -> 14.3"}
 REGULARISERS = {"lejepa": "sigreg", "lpjepa": "rdmreg", "simclr": "nt_xent"}
 
 

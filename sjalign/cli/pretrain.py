@@ -269,7 +269,7 @@ def pretrain_command(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per optimizer step, over all processes under torchrun. [default: the objective's recipe]")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW, linear warm-up then cosine). [default: the objective's recipe]")] = None,
     warmup_epochs: Annotated[float | None, typer.Option("--warmup-epochs", help="Length of the linear learning-rate warm-up, in epochs (fractions allowed). [default: the objective's recipe]")] = None,
-    input_norm: Annotated[bool | None, typer.Option("--input-norm/--no-input-norm", help="Standardise the encoder's input pixels per channel with the training images' mean and std (kept in the checkpoint, so embed applies them too), as the reference implementations do. [default: the objective's recipe]")] = None,
+    input_norm: Annotated[bool | None, typer.Option("--input-norm/--no-input-norm", help="Standardise the encoder's input pixels per channel with the training images' mean and std (kept in the checkpoint, so embed applies them too), as the reference implementations do. [default: on; --no-input-norm feeds raw pixels]")] = None,
     max_states: Annotated[int | None, typer.Option("--max-states", help="Use at most N states (train and test in proportion; only train ones are trained on).")] = None,
     split: Annotated[str, typer.Option("--split", help="States to train on: train (default), test or all.")] = "train",
     classes: ClassesOpt = None,

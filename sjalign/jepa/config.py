@@ -21,7 +21,7 @@ PRECISIONS = ("fp32", "bf16")
 # Training defaults every objective starts from; an objective's ``recipe`` overrides some of them.
 TRAINING_DEFAULTS: dict[str, Any] = {
     "epochs": 10, "batch_size": 128, "lr": 3e-4, "min_lr": 1e-6, "warmup_epochs": 1.0, "weight_decay": 0.05,
-    "ema": (0.996, 1.0), "pred_dim": 64, "pred_depth": 2, "input_norm": False,
+    "ema": (0.996, 1.0), "pred_dim": 64, "pred_depth": 2, "input_norm": True,
 }
 
 
@@ -87,7 +87,7 @@ class PretrainConfig:
         pred_depth: predictor (or pixel decoder) blocks.
         input_norm: standardise the encoder's input pixels per channel with the training images'
             mean and std (``pretrain`` measures them and stores them in ``vit``, so the exported
-            encoder applies them too), as the I-JEPA and MAE references' ``Normalize`` does.
+            encoder applies them too), as the references' ``Normalize`` does; on by default.
         max_states: cap on the number of states used (provenance; applied by the loader).
         seed: seeds model init, shuffling and masks.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".

@@ -103,7 +103,7 @@ class CJEPA(IJEPA):
     summary = "ijepa from two context blocks + β·VICReg on their pooled, projected embeddings"
     # ~15 min for 8,572 images on two CPU cores; like ijepa it needs the longer schedule to get past the
     # positional shortcut (README: Does it learn?)
-    recipe = {"epochs": 16, "input_norm": True}
+    recipe = {"epochs": 16}
     options = {
         # the I-JEPA reference's crop: at 10,000 states it raised RankMe 14.8 -> 17.2 (docs/results.md)
         "crop_scale": crop_scale_option((0.3, 1.0)),

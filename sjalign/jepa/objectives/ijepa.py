@@ -136,7 +136,7 @@ class IJEPA(Objective):
     summary = "predict the EMA target's tokens of 4 masked blocks from a context block"
     # ~16 min for 8,572 images on two CPU cores. Its first ~6 epochs learn the positional shortcut
     # (the loss falls to 0.02, probe and rank fall); content follows (README: Does it learn?)
-    recipe = {"epochs": 30, "input_norm": True}
+    recipe = {"epochs": 30}
     # No crop by default: at 10,000 states and 30 epochs the reference's 0.3-1 crop cost 1.8 points of
     # probe and 2.4 of RankMe (docs/results.md, "On a lent GPU", fifth session); cjepa keeps it.
     options = {"crop_scale": crop_scale_option((1.0, 1.0))}
