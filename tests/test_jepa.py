@@ -263,7 +263,7 @@ def test_input_norm_measures_the_training_pixels_and_travels_with_the_checkpoint
     raw = small_config(epochs=1, input_norm=False)
     assert raw.vit.input_mean is None
     old = json.loads(raw.to_json())
-    del old["input_norm"]  # a config.json of an earlier version (an ijepa run, whose recipe now normalises)
+    del old["input_norm"]  # a config.json of an earlier version (input normalisation is now the default)
     assert PretrainConfig.from_dict(old).input_norm is False
     with pytest.raises(ValueError, match="one value per channel"):
         ViTConfig(in_chans=1, input_mean=(0.5, 0.5), input_std=(1.0, 1.0))

@@ -127,7 +127,7 @@ def test_train_state_is_the_commit_point(fmnist, tmp_path):
     # the train state alone carries weights, optimizer, RNG, log and FLOPs
     state = ckpt.load_train_state(run)
     assert state.model_state().keys() == tensors_of(run / ckpt.CHECKPOINT_FILE).keys()
-    assert state.config.vit.input_mean is not None  # the ijepa recipe's input_norm: measured, then saved
+    assert state.config.vit.input_mean is not None  # input_norm (the default): measured, then saved
     assert dataclasses.replace(state.config, vit=cfg.vit) == cfg and state.flops == full["flops"] > 0
     assert len(state.log) == 2
 
