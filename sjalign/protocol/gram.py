@@ -112,9 +112,14 @@ def shuffled_cross_grams(pairs, rows: np.ndarray, seeds: Sequence[int], mean_a: 
     :data:`ROW_CHUNK`); with block I of x held, each block J of y is read once and every permutation's
     pairs (i ∈ I, π(i) ∈ J) are multiplied from memory. Per group of permutations (as many as
     :data:`NULL_GROUP_BYTES` holds: one int32 index per row and one (d_a, d_b) sum each) x is read once
-    and y K times, in row order. Memory: two blocks plus the group.
+    and y K times, in row order. Memory: two blocks plus the group (and its row orders within one block).
+
+    Raises:
+        ValueError: no rows.
     """
     n, d_a, d_b = len(rows), pairs.d_a, pairs.d_b
+    if n == 0:
+        raise ValueError("shuffled_cross_grams needs at least one row")
     block = min(n, block or max(ROW_CHUNK, NULL_BLOCK_BYTES // (8 * (d_a + d_b))))
     k = -(-n // block)
     index = np.int32 if n < 2**31 else np.int64
@@ -129,7 +134,8 @@ def shuffled_cross_grams(pairs, rows: np.ndarray, seeds: Sequence[int], mean_a: 
             by_block = []  # per permutation: this block's positions ordered by their partner's block, and bounds
             for perm in perms:
                 target_block = perm[lo:lo + block] // block
-                order = np.argsort(target_block.astype(np.uint16) if k < 2**16 else target_block, kind="stable")
+                order = np.argsort(target_block.astype(np.uint16) if k < 2**16 else target_block,
+                                   kind="stable").astype(index)
                 by_block.append((order, np.searchsorted(target_block[order], np.arange(k + 1))))
             for j, jlo in enumerate(range(0, n, block)):
                 zb = centred(pairs.take_y(rows[jlo:jlo + block]), mean_b)  # (m', d_b)
