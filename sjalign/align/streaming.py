@@ -90,8 +90,8 @@ def pair_rows(a: LatentsSet, b: LatentsSet) -> PairedRows:
     from sjalign.align.pairing import join_state_ids
 
     shared, ia, ib, labels, split = join_state_ids(a, b)
-    rows_a = ia.astype(_row_dtype(a.n), copy=False)
-    rows_b = rows_a if ib is ia else ib.astype(_row_dtype(b.n), copy=False)
+    rows_a = ia.astype(row_dtype(a.n), copy=False)
+    rows_b = rows_a if ib is ia else ib.astype(row_dtype(b.n), copy=False)
     return PairedRows(shared, rows_a, rows_b, labels, split, dropped_a=a.n - len(shared), dropped_b=b.n - len(shared))
 
 
@@ -160,7 +160,7 @@ def read_set_rows(lset: LatentsSet, rows: np.ndarray, out: np.ndarray | None = N
     return out
 
 
-def _row_dtype(n: int) -> np.dtype:
+def row_dtype(n: int) -> np.dtype:
     """int32 row numbers while they fit (half the memory of int64 for the O(n) arrays), else int64."""
     return np.dtype(np.int32) if n < 2**31 else np.dtype(np.int64)
 

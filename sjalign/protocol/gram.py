@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sjalign.align.moments import Moments
+from sjalign.align.streaming import row_dtype
 
 ROW_CHUNK = 65536  # rows read and multiplied at a time: memory O(ROW_CHUNK · (d_a + d_b))
 NULL_BLOCK_BYTES = 256 * 2**20  # one block of both sides' float64 rows in the shuffled-pair null
@@ -122,23 +123,25 @@ def shuffled_cross_grams(pairs, rows: np.ndarray, seeds: Sequence[int], mean_a: 
         raise ValueError("shuffled_cross_grams needs at least one row")
     block = min(n, block or max(ROW_CHUNK, NULL_BLOCK_BYTES // (8 * (d_a + d_b))))
     k = -(-n // block)
-    index = np.int32 if n < 2**31 else np.int64
-    group = max(1, NULL_GROUP_BYTES // (np.dtype(index).itemsize * n + 8 * d_a * d_b))
+    index = row_dtype(n)
+    group = max(1, NULL_GROUP_BYTES // (index.itemsize * n + 8 * d_a * d_b))
     scale = np.outer(std_a, std_b) * n  # the scaling of Ẑ, once on each (d_a, d_b) sum
     seeds = list(seeds)
     for first in range(0, len(seeds), group):
         perms = [np.random.default_rng(s).permutation(n).astype(index) for s in seeds[first:first + group]]
         sums = np.zeros((len(perms), d_a, d_b))
-        for lo in range(0, n, block):
-            za = centred(pairs.take_x(rows[lo:lo + block]), mean_a)  # (m, d_a)
+        for own_block in chunks(n, block):
+            lo = own_block.start
+            za = centred(pairs.take_x(rows[own_block]), mean_a)  # (m, d_a)
             by_block = []  # per permutation: this block's positions ordered by their partner's block, and bounds
             for perm in perms:
-                target_block = perm[lo:lo + block] // block
+                target_block = perm[own_block] // block
                 order = np.argsort(target_block.astype(np.uint16) if k < 2**16 else target_block,
                                    kind="stable").astype(index)
                 by_block.append((order, np.searchsorted(target_block[order], np.arange(k + 1))))
-            for j, jlo in enumerate(range(0, n, block)):
-                zb = centred(pairs.take_y(rows[jlo:jlo + block]), mean_b)  # (m', d_b)
+            for j, partner_block in enumerate(chunks(n, block)):
+                jlo = partner_block.start
+                zb = centred(pairs.take_y(rows[partner_block]), mean_b)  # (m', d_b)
                 for p, (perm, (order, bounds)) in enumerate(zip(perms, by_block)):
                     own = order[bounds[j]:bounds[j + 1]]  # positions (within block I) whose partner is in block J
                     if len(own):
